@@ -1,0 +1,32 @@
+# make run   - set up .venv and run the daemon on the default config (./sentimon.toml if present)
+# make test  - set up .venv and run the test suite
+# make demo  - the offline demo against bundled real captures
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: install run test demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: install
+	$(BIN)/sentimon run
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/sentimon demo
+
+bench: install
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.model
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,163 @@
+"""The sentimon configuration: one TOML file, validated by pydantic, overridable from the environment.
+
+Lookup order for the file: ``--config FILE``, then ``$SENTIMON_CONFIG``, then ``./sentimon.toml``; with no file at
+all the built-in defaults run. Any key can be overridden with ``SENTIMON_<KEY>``, nested tables with a double
+underscore: ``SENTIMON_HTTP__TIMEOUT_SECONDS=30``, ``SENTIMON_WATCHLIST=AAPL,MSFT``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from model.settings import ModelSettings
+from scrapers.http import HttpSettings
+
+ENV_PREFIX = "SENTIMON_"
+CONFIG_ENV = "SENTIMON_CONFIG"
+DEFAULT_CONFIG_FILE = Path("sentimon.toml")
+YAHOO_FEED_URL = "https://feeds.finance.yahoo.com/rss/2.0/headline?s={symbols}&region=US&lang=en-US"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+class PipelineSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    analyze: bool = Field(True, description="Run the sentiment model on stored articles (false: ingest only).")
+    queue_size: int = Field(200, ge=1, description="Capacity of each bounded queue between stages (backpressure).")
+    fetch_concurrency: int = Field(8, ge=1, description="Article pages fetched at once (per-host limits still apply).")
+    extract_processes: int = Field(1, ge=1, description="Worker processes running trafilatura extraction.")
+    page_retries: int = Field(3, ge=0, description="Times a page that could not be had (403, paywall, timeout) is tried again.")
+    page_retry_delay_seconds: float = Field(
+        600.0, gt=0, description="Delay before the first page retry; doubles with each further attempt."
+    )
+    write_interval_seconds: float = Field(
+        0.5, gt=0, description="Longest time a write waits to be batched; the database file is free between batches."
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, time allowed to finish in-flight work; the rest stays queued in the database."
+    )
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    watchlist: list[str] = Field(
+        ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "JPM"], description="Tickers to follow."
+    )
+    feed_url: str = Field(YAHOO_FEED_URL, description="Feed URL template; {symbols} is a comma-joined batch of tickers.")
+    batch_size: int = Field(10, ge=1, le=100, description="Tickers asked for in one feed request.")
+    extra_feeds: list[str] = Field([], description="More RSS/Atom URLs to poll as they are (no ticker hint).")
+    database: Path = Field(Path("sentimon.duckdb"), description="DuckDB file holding articles and sentiment.")
+    poll_interval_seconds: float = Field(300.0, ge=1, description="Seconds between two polls of the same feed.")
+    poll_jitter: float = Field(0.1, ge=0, le=1, description="Random spread of each poll time, as a fraction of the interval.")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    aliases: dict[str, str] = Field({}, description='Extra entity names to link to tickers, e.g. "Google" = "GOOGL".')
+    http: HttpSettings = Field(default_factory=HttpSettings, description="How feeds and pages are fetched.")
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings, description="Queues, workers and retries.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The sentiment model.")
+
+    @field_validator("watchlist")
+    @classmethod
+    def _tickers_upper(cls, tickers: list[str]) -> list[str]:
+        cleaned = [t.strip().upper() for t in tickers]
+        for ticker in cleaned:
+            if not ticker or any(ch.isspace() or ch == "," for ch in ticker):
+                raise ValueError(f"{ticker!r} is not a ticker symbol")
+        return list(dict.fromkeys(cleaned))
+
+    @field_validator("feed_url")
+    @classmethod
+    def _has_symbols_placeholder(cls, url: str) -> str:
+        if "{symbols}" not in url:
+            raise ValueError("must contain the {symbols} placeholder (use extra_feeds for fixed URLs)")
+        return url
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level.upper()
+
+    def feeds(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Every feed to poll, with the tickers it is about."""
+        batches = [self.watchlist[i : i + self.batch_size] for i in range(0, len(self.watchlist), self.batch_size)]
+        templated = [(self.feed_url.replace("{symbols}", ",".join(batch)), tuple(batch)) for batch in batches]
+        return templated + [(url, ()) for url in self.extra_feeds]
+
+
+def config_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+
+
+def load_config(path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate; every error names the key and the reason."""
+    explicit = path is not None or CONFIG_ENV in (environ or os.environ)
+    file = config_path(path)
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    elif explicit:
+        raise ConfigError(f"{file}: no such config file (run `sentimon init` to write one)")
+    source = str(file) if file.exists() else "built-in defaults"
+    _apply_env(data, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}:\n" + "\n".join(_describe(err) for err in exc.errors())) from None
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        target = data
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{name}: {'.'.join(keys[:-1])} is not a table")
+        target[keys[-1]] = _env_value(raw)
+
+
+def _env_value(raw: str) -> Any:
+    """JSON when it parses (numbers, lists, tables), a comma list when it has commas, else the string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return [part.strip() for part in raw.split(",") if part.strip()] if "," in raw else raw
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"  {key}: unknown key{_suggestion(error['loc'])}"
+    return f"  {key}: {error['msg']} (got {error['input']!r})"
+
+
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        annotation = model.model_fields.get(str(part))
+        if annotation is None or not isinstance(annotation.annotation, type):
+            return ""
+        if not issubclass(annotation.annotation, BaseModel):
+            return ""
+        model = annotation.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(model.model_fields)})"

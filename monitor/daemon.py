@@ -1,0 +1,103 @@
+"""The daemon: builds the pipeline, schedules the polls, and stops cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from monitor.config import Config
+from monitor.pipeline import Pipeline, PipelineStats, now
+from scrapers.http import HttpClient
+from storage.db import Database
+from storage.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from model.analyzer import Analyzer
+
+log = logging.getLogger(__name__)
+
+BACKLOG_CHECK_SECONDS = 60.0
+
+
+@dataclass
+class RunSummary:
+    stats: PipelineStats
+    interrupted: bool
+
+
+async def run_daemon(config: Config, *, once: bool = False, analyzer: Analyzer | None = None) -> RunSummary:
+    """Run until SIGTERM/SIGINT (or, with `once`, until every feed was polled once and all work is done)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with AsyncExitStack() as stack:
+            writer = await stack.enter_async_context(
+                StoreWriter(Database(config.database), interval=config.pipeline.write_interval_seconds)
+            )
+            http = await stack.enter_async_context(HttpClient(config.http))
+            cpu_pool = stack.enter_context(ProcessPoolExecutor(config.pipeline.extract_processes))
+            model_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="model"))
+            pipeline = Pipeline(config, writer, http, cpu_pool, analyzer=analyzer, model_thread=model_thread)
+            await pipeline.start()
+            work = asyncio.create_task(_poll_once(pipeline, config) if once else _poll_forever(pipeline, config, stop))
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            interrupted = stop.is_set()
+            if interrupted:
+                log.info("stopping: no new polls; finishing in-flight work (up to %.0fs)",
+                         config.pipeline.shutdown_grace_seconds)
+            work.cancel()
+            stopped.cancel()
+            await asyncio.gather(work, stopped, return_exceptions=True)
+            await pipeline.stop(config.pipeline.shutdown_grace_seconds)
+            return RunSummary(pipeline.stats, interrupted)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _poll_once(pipeline: Pipeline, config: Config) -> None:
+    await pipeline.load_backlog()
+    await asyncio.gather(*(pipeline.poll(url, tickers) for url, tickers in config.feeds()))
+    await pipeline.drain()
+
+
+async def _poll_forever(pipeline: Pipeline, config: Config, stop: asyncio.Event) -> None:
+    """Each feed on its own jittered interval, first polls spread over the first interval so they don't burst."""
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    interval = config.poll_interval_seconds
+    feeds = config.feeds()
+    for index, (url, tickers) in enumerate(feeds):
+        first = now() + timedelta(seconds=interval * index / max(len(feeds), 1) + random.uniform(0, 1))
+        scheduler.add_job(
+            pipeline.poll,
+            IntervalTrigger(seconds=interval, jitter=interval * config.poll_jitter),
+            args=[url, tickers],
+            id=f"poll:{url}",
+            next_run_time=first,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(interval),
+        )
+    scheduler.add_job(
+        pipeline.load_backlog, IntervalTrigger(seconds=BACKLOG_CHECK_SECONDS), id="backlog",
+        next_run_time=now(), max_instances=1, coalesce=True,
+    )
+    scheduler.start()
+    try:
+        await stop.wait()
+    finally:
+        scheduler.shutdown(wait=False)
+

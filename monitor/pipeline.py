@@ -1,0 +1,271 @@
+"""The pipeline: poll -> fetch -> extract -> dedupe -> store -> analyze, stages joined by bounded queues.
+
+Every story is written to DuckDB the moment a feed yields it (state 'pending'), so the queues only carry work that
+is already durable: a stop or a crash loses nothing, and a restart picks the backlog up from the database.
+CPU-heavy work never runs on the event loop: extraction and fingerprinting run in worker processes, the model in a
+worker thread (llama.cpp releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
+
+from monitor.config import Config
+from scrapers.dedupe import NearDuplicateIndex, simhash
+from scrapers.extract import Extracted, extract_article
+from scrapers.feeds import FeedError, poll_feed
+from scrapers.fetch import Page, fetch_page
+from scrapers.http import FetchError, HttpClient
+from storage import queries, writes
+from storage.writer import StoreWriter
+from storage.writes import StoryRef
+
+if TYPE_CHECKING:
+    from model.analyzer import Analyzer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FINGERPRINT_MIN_WORDS = 50
+# Worth another try later even though an immediate retry is not: paywalls and bot walls often lift.
+PAGE_RETRY_STATUSES = {401, 402, 403}
+FINGERPRINT_WINDOW = timedelta(days=14)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def extract_and_fingerprint(html: str, url: str) -> tuple[Extracted | None, int | None]:
+    """Runs in a worker process: the page's main text and, when it is long enough to compare, its SimHash."""
+    extracted = extract_article(html, url)
+    if extracted is None or len(extracted.text.split()) < FINGERPRINT_MIN_WORDS:
+        return extracted, None
+    return extracted, simhash(extracted.text)
+
+
+@dataclass
+class PipelineStats:
+    polls: int = 0
+    poll_errors: int = 0
+    stories_new: int = 0
+    pages_stored: int = 0
+    page_failures: int = 0
+    near_duplicates: int = 0
+    analyzed: int = 0
+    analysis_failures: int = 0
+    last_errors: list[str] = field(default_factory=list)
+
+    def error(self, message: str) -> None:
+        log.warning(message)
+        self.last_errors = (self.last_errors + [message])[-20:]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        writer: StoreWriter,
+        http: HttpClient,
+        cpu_pool: Executor,
+        *,
+        analyzer: Analyzer | None = None,
+        model_thread: Executor | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = config.pipeline
+        self.writer = writer
+        self.http = http
+        self.cpu_pool = cpu_pool
+        self.analyzer = analyzer
+        self.model_thread = model_thread
+        self.stats = PipelineStats()
+        size = self.settings.queue_size
+        self.fetch_queue: asyncio.Queue[StoryRef] = asyncio.Queue(size)
+        self.extract_queue: asyncio.Queue[tuple[StoryRef, Page]] = asyncio.Queue(size)
+        self.analyze_queue: asyncio.Queue[tuple[StoryRef, int]] = asyncio.Queue(size)
+        self.duplicates = NearDuplicateIndex()
+        self._in_flight: set[int] = set()
+        self._stopping = asyncio.Event()
+        self._workers: list[asyncio.Task] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        since = now() - FINGERPRINT_WINDOW
+        for story_id, fingerprint in await self.writer.submit(partial(queries.recent_fingerprints, since=since)):
+            self.duplicates.add(story_id, fingerprint)
+        stages: list[tuple[str, int, asyncio.Queue, Callable]] = [
+            ("fetch", self.settings.fetch_concurrency, self.fetch_queue, self._fetch),
+            ("extract", self.settings.extract_processes, self.extract_queue, self._extract),
+        ]
+        if self.analyzer is not None:
+            stages.append(("analyze", 1, self.analyze_queue, self._analyze))
+        for name, count, queue, handler in stages:
+            self._workers += [
+                asyncio.create_task(self._work(queue, handler), name=f"{name}-{i}") for i in range(count)
+            ]
+
+    async def load_backlog(self) -> None:
+        """Queue what the database says is unfinished: pages never fetched, retries due, content never analyzed."""
+        for story in await self.writer.submit(partial(queries.stories_to_fetch, now=now())):
+            await self._enqueue_fetch(story)
+        if self.analyzer is not None:
+            for story, version in await self.writer.submit(queries.stories_to_analyze):
+                await self.analyze_queue.put((story, version))
+
+    async def drain(self) -> None:
+        """Wait until every queued story went through every stage."""
+        for queue in (self.fetch_queue, self.extract_queue, self.analyze_queue):
+            await queue.join()
+
+    async def stop(self, grace: float) -> None:
+        """Take no new work, give in-flight items `grace` seconds, then cancel. Unfinished stories stay queued in
+        the database (state 'pending', or content without analysis) for the next start."""
+        self._stopping.set()
+        idle = [task for task in self._workers if not getattr(task, "busy", False)]
+        for task in idle:
+            task.cancel()
+        _, late = await asyncio.wait(self._workers, timeout=grace) if self._workers else (set(), set())
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if late:
+            log.warning("stopped %d stage workers mid-item; their stories resume on the next start", len(late))
+
+    # -- polling ---------------------------------------------------------------------------------------------------
+
+    async def poll(self, feed_url: str, tickers: tuple[str, ...]) -> int:
+        """Poll one feed; accept its items into the database and queue the new stories. Returns how many."""
+        if self._stopping.is_set():
+            return 0
+        validators = await self.writer.submit(queries.feed_validators)
+        etag, last_modified = validators.get(feed_url, (None, None))
+        self.stats.polls += 1
+        try:
+            result = await poll_feed(self.http, feed_url, tickers, etag=etag, last_modified=last_modified)
+        except (FeedError, FetchError) as exc:
+            self.stats.poll_errors += 1
+            self.stats.error(f"feed {feed_url}: {getattr(exc, 'reason', exc)}")
+            await self.writer.submit(
+                partial(writes.record_poll, feed_url=feed_url, tickers=tickers, now=now(), error=str(exc))
+            )
+            return 0
+        if result.warning:
+            self.stats.error(f"feed {feed_url}: {result.warning} (entries still read)")
+        stamp = now()
+
+        def accept(conn):  # one transaction: the items and the feed's new validators land together
+            new = writes.accept_items(conn, result.items, stamp)
+            writes.record_poll(
+                conn, feed_url, tickers, stamp, etag=result.etag, last_modified=result.last_modified,
+                items_seen=len(result.items), stories_new=len(new), error=result.warning,
+            )
+            return new
+
+        new_stories = await self.writer.submit(accept)
+        self.stats.stories_new += len(new_stories)
+        for story in new_stories:
+            await self._enqueue_fetch(story)
+        return len(new_stories)
+
+    async def _enqueue_fetch(self, story: StoryRef) -> None:
+        if story.id in self._in_flight:
+            return
+        self._in_flight.add(story.id)
+        await self.fetch_queue.put(story)
+
+    # -- stage workers ---------------------------------------------------------------------------------------------
+
+    async def _work(self, queue: asyncio.Queue[T], handle: Callable[[T], Awaitable[None]]) -> None:
+        task = asyncio.current_task()
+        while not self._stopping.is_set():
+            item = await queue.get()
+            task.busy = True  # type: ignore[attr-defined]
+            try:
+                await handle(item)
+            except Exception:  # a bug in one story must not stop the stage
+                log.exception("stage %s failed on %r", task.get_name(), item)
+            finally:
+                task.busy = False  # type: ignore[attr-defined]
+                queue.task_done()
+
+    async def _fetch(self, story: StoryRef) -> None:
+        try:
+            page = await fetch_page(self.http, story.url)
+        except FetchError as exc:
+            await self._page_failed(story, str(exc), retryable=exc.retryable or exc.status in PAGE_RETRY_STATUSES)
+            return
+        await self.extract_queue.put((story, page))
+
+    async def _extract(self, item: tuple[StoryRef, Page]) -> None:
+        story, page = item
+        loop = asyncio.get_running_loop()
+        extracted, fingerprint = await loop.run_in_executor(
+            self.cpu_pool, extract_and_fingerprint, page.html, page.final_url
+        )
+        if extracted is None:
+            await self._page_failed(story, f"no article text found on {page.final_url}", retryable=False)
+            return
+        duplicate_of = self.duplicates.find(fingerprint) if fingerprint is not None else None
+        version = await self.writer.submit(
+            partial(
+                writes.store_page, story_id=story.id, now=now(), final_url=page.final_url, title=extracted.title,
+                body=extracted.text, author=extracted.author, published_at=extracted.published_at,
+                simhash=fingerprint, duplicate_of=duplicate_of,
+            )
+        )
+        self._in_flight.discard(story.id)
+        self.stats.pages_stored += 1
+        if duplicate_of is not None:
+            self.stats.near_duplicates += 1
+            log.info("story %d is a near copy of %d: stored, not analyzed", story.id, duplicate_of)
+            return
+        if fingerprint is not None:
+            self.duplicates.add(story.id, fingerprint)
+        await self._queue_analysis(story, version)
+
+    async def _page_failed(self, story: StoryRef, error: str, *, retryable: bool) -> None:
+        """Keep the feed's title and description as the story's text, and retry the page later, a bounded number
+        of times with a doubling delay."""
+        self.stats.page_failures += 1
+        self.stats.error(f"page {story.url}: {error}")
+
+        def record(conn):
+            attempts = conn.execute("SELECT fetch_attempts FROM stories WHERE id = ?", [story.id]).fetchone()[0]
+            retry_at = None
+            if retryable and attempts < self.settings.page_retries:
+                retry_at = now() + timedelta(seconds=self.settings.page_retry_delay_seconds * 2**attempts)
+            return writes.record_fetch_failure(conn, story.id, now(), error=error, retry_at=retry_at)
+
+        version, feed_text_is_new = await self.writer.submit(record)
+        self._in_flight.discard(story.id)
+        if feed_text_is_new:
+            await self._queue_analysis(story, version)
+
+    async def _queue_analysis(self, story: StoryRef, version: int) -> None:
+        if self.analyzer is not None:
+            await self.analyze_queue.put((story, version))
+
+    async def _analyze(self, item: tuple[StoryRef, int]) -> None:
+        story, version = item
+        title, text = await self.writer.submit(partial(queries.story_text, story_id=story.id))
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self.model_thread, partial(self.analyzer.analyze, text, title=title, ticker_hints=story.tickers)
+        )
+        await self.writer.submit(
+            partial(writes.store_analysis, story_id=story.id, content_version=version, result=result, now=now())
+        )
+        if result.ok:
+            self.stats.analyzed += 1
+        else:
+            self.stats.analysis_failures += 1
+            self.stats.error(f"analysis of story {story.id} failed validation twice: {result.error}")

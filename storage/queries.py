@@ -1,0 +1,120 @@
+"""Read-side SQL: what the CLI shows and what the daemon reloads after a restart. Each takes an open connection."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+
+from storage.writes import StoryRef
+
+
+def stories_to_fetch(conn: duckdb.DuckDBPyConnection, now: datetime) -> list[StoryRef]:
+    """Accepted but never processed (e.g. the daemon stopped or crashed), or due for a page retry."""
+    return _story_refs(
+        conn,
+        "state = 'pending' OR (state = 'feed' AND next_fetch_at IS NOT NULL AND next_fetch_at <= ?)",
+        [now],
+    )
+
+
+def stories_to_analyze(conn: duckdb.DuckDBPyConnection, limit: int | None = None) -> list[tuple[StoryRef, int]]:
+    """Stored stories whose current content has no analysis yet, oldest first, with their content version."""
+    rows = conn.execute(
+        f"""
+        SELECT s.id, s.content_version FROM stories s
+        WHERE s.state <> 'pending' AND s.duplicate_of IS NULL
+          AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.story_id = s.id AND a.content_version = s.content_version)
+        ORDER BY s.id {'LIMIT ' + str(int(limit)) if limit else ''}
+        """
+    ).fetchall()
+    versions = dict(rows)
+    refs = _story_refs(conn, "id IN (SELECT unnest(?))", [list(versions)])
+    return [(ref, versions[ref.id]) for ref in refs]
+
+
+def stories_since(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[StoryRef, int]]:
+    """Stored, non-duplicate stories first seen since `since`, with their content version (for re-analysis)."""
+    rows = conn.execute(
+        "SELECT id, content_version FROM stories WHERE state <> 'pending' AND duplicate_of IS NULL "
+        "AND first_seen_at >= ? ORDER BY id",
+        [since],
+    ).fetchall()
+    versions = dict(rows)
+    refs = _story_refs(conn, "id IN (SELECT unnest(?))", [list(versions)])
+    return [(ref, versions[ref.id]) for ref in refs]
+
+
+def story_text(conn: duckdb.DuckDBPyConnection, story_id: int) -> tuple[str | None, str]:
+    """(title, text) to analyze: the page body when we have it, else the feed's description."""
+    row = conn.execute(
+        "SELECT coalesce(title, feed_title), coalesce(body, feed_summary, '') FROM stories WHERE id = ?", [story_id]
+    ).fetchone()
+    return row or (None, "")
+
+
+def recent_fingerprints(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[int, int]]:
+    return conn.execute(
+        "SELECT id, simhash FROM stories WHERE simhash IS NOT NULL AND duplicate_of IS NULL AND first_seen_at >= ?",
+        [since],
+    ).fetchall()
+
+
+def feed_validators(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[str | None, str | None]]:
+    return {url: (etag, lm) for url, etag, lm in conn.execute("SELECT url, etag, last_modified FROM feeds").fetchall()}
+
+
+def feed_status(conn: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return conn.execute(
+        "SELECT url, tickers, last_polled_at, last_ok_at, consecutive_errors, last_error, items_seen, stories_new "
+        "FROM feeds ORDER BY url"
+    ).fetchall()
+
+
+def counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    row = conn.execute(
+        """
+        SELECT count(*),
+               count(*) FILTER (WHERE state = 'pending'),
+               count(*) FILTER (WHERE state = 'page'),
+               count(*) FILTER (WHERE state = 'feed'),
+               count(*) FILTER (WHERE state = 'feed' AND next_fetch_at IS NOT NULL),
+               count(*) FILTER (WHERE duplicate_of IS NOT NULL),
+               (SELECT count(*) FROM analyses WHERE ok),
+               (SELECT count(*) FROM analyses WHERE NOT ok),
+               (SELECT count(*) FROM extractions)
+        FROM stories
+        """
+    ).fetchone()
+    keys = [
+        "stories", "pending", "from_page", "feed_text_only", "page_retry_scheduled", "near_duplicates",
+        "analyses_ok", "analyses_failed", "entity_extractions",
+    ]
+    return dict(zip(keys, row))
+
+
+def articles(
+    conn: duckdb.DuckDBPyConnection, *, since: timedelta, ticker: str | None = None, limit: int = 50
+) -> list[tuple]:
+    return conn.execute(
+        """
+        SELECT id, published_at, tickers, source, title, body_origin, duplicate_of
+        FROM articles
+        WHERE coalesce(published_at, fetched_at) >= now() - ?::INTERVAL
+          AND (?::VARCHAR IS NULL OR list_contains(tickers, ?::VARCHAR))
+        ORDER BY coalesce(published_at, fetched_at) DESC LIMIT ?
+        """,
+        [since, ticker, ticker, limit],
+    ).fetchall()
+
+
+def _story_refs(conn: duckdb.DuckDBPyConnection, where: str, params: list) -> list[StoryRef]:
+    rows = conn.execute(
+        f"""
+        SELECT s.id, s.url, coalesce(s.feed_title, ''), coalesce(s.feed_summary, ''),
+               coalesce((SELECT list(DISTINCT t.ticker) FROM story_tickers t WHERE t.story_id = s.id), [])
+        FROM stories s WHERE {where} ORDER BY s.id
+        """,
+        params,
+    ).fetchall()
+    return [StoryRef(i, url, title, summary, tuple(tickers)) for i, url, title, summary, tickers in rows]

@@ -1,0 +1,229 @@
+"""The ingestion path end to end: real loopback server of captures -> the real pipeline -> a real DuckDB file."""
+
+import asyncio
+import gzip
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+from aiohttp import web
+
+from monitor.config import Config, PipelineSettings
+from monitor.daemon import run_daemon
+from monitor.demo.server import FixtureServer
+from storage.db import Database
+
+ARTICLE_PAGES = sorted((Path(__file__).parents[1] / "monitor/demo/data/html").glob("*.html.gz"))
+
+
+def config_for(server: FixtureServer, db_path: Path, fast_settings, **overrides) -> Config:
+    pipeline = {"analyze": False, "write_interval_seconds": 0.05, "page_retry_delay_seconds": 3600,
+                **overrides.pop("pipeline", {})}
+    return Config(
+        feed_url=server.feed_url_template,
+        database=db_path,
+        http=fast_settings,
+        pipeline=PipelineSettings(**pipeline),
+        **{"watchlist": ["MSFT", "AAPL", "NVDA"], "batch_size": 2, **overrides},
+    )
+
+
+def rows(db_path: Path, sql: str, params=()) -> list[tuple]:
+    with Database(db_path).read() as conn:
+        return conn.execute(sql, list(params)).fetchall()
+
+
+def page(index: int) -> bytes:
+    return gzip.decompress(ARTICLE_PAGES[index].read_bytes())
+
+
+def rss(items: list[tuple[str, str]]) -> str:
+    body = "".join(f"<item><title>{title}</title><link>{link}</link></item>" for title, link in items)
+    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{body}</channel></rss>'
+
+
+def html(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="text/html", charset="utf-8")
+
+
+async def test_run_once_stores_every_story_once_with_its_tickers(fixture_server, db_path, fast_settings):
+    config = config_for(fixture_server, db_path, fast_settings)
+    summary = await run_daemon(config, once=True)
+
+    assert summary.stats.poll_errors == 0
+    # AAPL and NVDA carry the same five generated stories; MSFT's capture adds two items whose pages are copies.
+    articles = rows(db_path, "SELECT canonical_url, tickers, body_origin, duplicate_of, length(body) FROM articles")
+    assert len(articles) == 7
+    shared = [a for a in articles if a[1] == ["AAPL", "MSFT", "NVDA"]]  # batched feed: tickers of the batch
+    assert len(shared) == 5 and all(a[2] == "page" and a[4] > 500 for a in shared)
+    copies = [a for a in articles if a[3] is not None]
+    assert len(copies) == 2, "the MSFT capture's links serve pages already stored under other URLs"
+    assert rows(db_path, "SELECT count(*) FROM stories WHERE state = 'pending'") == [(0,)]
+    feeds = rows(db_path, "SELECT url, etag IS NOT NULL, consecutive_errors FROM feeds ORDER BY url")
+    assert [f[1:] for f in feeds] == [(True, 0), (True, 0)]
+
+
+async def test_second_run_uses_conditional_get_and_adds_nothing(fixture_server, db_path, fast_settings):
+    config = config_for(fixture_server, db_path, fast_settings)
+    await run_daemon(config, once=True)
+    summary = await run_daemon(config, once=True)
+    assert summary.stats.stories_new == 0 and summary.stats.pages_stored == 0
+    assert rows(db_path, "SELECT count(*) FROM stories") == [(7,)]
+
+
+async def test_feed_errors_are_reported_and_other_feeds_still_land(db_path, fast_settings):
+    server = FixtureServer()
+    server.app.router.add_get("/consent", lambda r: web.Response(
+        text="<html><body><form action='https://consent.yahoo.com/v2/collectConsent'>Accept all</form></body></html>",
+        content_type="text/html"))
+    server.app.router.add_get("/garbage.xml", lambda r: web.Response(body=b"\x00\x01 not xml", content_type="application/rss+xml"))
+    async with server:
+        config = config_for(
+            server, db_path, fast_settings, watchlist=["AAPL"],
+            extra_feeds=[server.base_url + "/consent", server.base_url + "/garbage.xml"],
+        )
+        summary = await run_daemon(config, once=True)
+    assert summary.stats.poll_errors == 2
+    errors = dict(rows(db_path, "SELECT url, last_error FROM feeds WHERE last_error IS NOT NULL"))
+    assert "HTML" in errors[server.base_url + "/consent"]
+    assert len(errors) == 2
+    assert rows(db_path, "SELECT count(*) FROM articles") == [(5,)]
+
+
+async def test_unavailable_page_keeps_feed_text_and_schedules_a_bounded_retry(db_path, fast_settings):
+    server = FixtureServer(tickers=[])
+    server.app.router.add_get("/paywalled.xml", lambda r: web.Response(
+        text=rss([("Paywalled scoop on Nvidia", server.base_url + "/wsj/scoop")]), content_type="application/rss+xml"))
+    server.app.router.add_get("/wsj/scoop", lambda r: web.Response(status=403, text="subscribe"))
+    async with server:
+        config = config_for(server, db_path, fast_settings, watchlist=["ZZZZ"],
+                            extra_feeds=[server.base_url + "/paywalled.xml"], pipeline={"page_retries": 1})
+        await run_daemon(config, once=True)
+        ((origin, body, attempts, retry_at),) = rows(
+            db_path, "SELECT state, body, fetch_attempts, next_fetch_at FROM stories")
+        assert origin == "feed" and attempts == 1
+        assert rows(db_path, "SELECT body FROM articles") == [("Paywalled scoop on Nvidia",)]
+        assert retry_at is not None, "a 403 (paywall, bot wall) is tried again later"
+        assert "403" in rows(db_path, "SELECT last_error FROM stories")[0][0]
+
+        again = await run_daemon(config, once=True)  # the retry is not due yet: nothing is fetched
+        assert again.stats.page_failures == 0
+        with Database(db_path).write() as conn:
+            conn.execute("UPDATE stories SET next_fetch_at = now() - INTERVAL 1 MINUTE")
+        await run_daemon(config, once=True)  # due now: tried, fails again, and that was the last try
+        assert rows(db_path, "SELECT fetch_attempts, next_fetch_at FROM stories") == [(2, None)]
+
+
+async def test_syndicated_copy_under_another_url_is_linked_to_the_first(db_path, fast_settings):
+    original = page(0)
+    syndicated = original.replace(b"<body", b"<body><div>Syndicated from a partner site</div>", 1)
+    server = FixtureServer(tickers=[])
+    server.app.router.add_get("/partner.xml", lambda r: web.Response(text=rss([
+        ("Original", server.base_url + "/origin/story"), ("Copy", server.base_url + "/partner/other-url")]),
+        content_type="application/rss+xml"))
+    server.app.router.add_get("/origin/story", lambda r: html(original))
+    server.app.router.add_get("/partner/other-url", lambda r: html(syndicated))
+    async with server:
+        config = config_for(server, db_path, fast_settings, watchlist=["ZZZZ"],
+                            extra_feeds=[server.base_url + "/partner.xml"], pipeline={"fetch_concurrency": 1})
+        await run_daemon(config, once=True)
+    stored = rows(db_path, "SELECT id, url, duplicate_of FROM articles ORDER BY id")
+    assert len(stored) == 2
+    (first_id, _, first_dup), (_, _, second_dup) = stored
+    assert first_dup is None and second_dup == first_id
+
+
+# -- the daemon as a process: SIGTERM and kill -9 ----------------------------------------------------------------
+
+SLOW_STORIES = 12
+
+
+def slow_server(delay: float) -> FixtureServer:
+    """A feed of SLOW_STORIES distinct stories whose pages take `delay` seconds each."""
+    server = FixtureServer(tickers=[])
+    bodies = [page(i % len(ARTICLE_PAGES)).replace(b"<body", f"<body><p>Story {i}</p>".encode(), 1)
+              for i in range(SLOW_STORIES)]
+
+    async def article(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return html(bodies[int(request.match_info["n"])])
+
+    server.app.router.add_get("/slow.xml", lambda r: web.Response(
+        text=rss([(f"Story {i}", f"{server.base_url}/slow/{i}") for i in range(SLOW_STORIES)]),
+        content_type="application/rss+xml"))
+    server.app.router.add_get("/slow/{n}", article)
+    return server
+
+
+def write_config(path: Path, server: FixtureServer, db_path: Path, grace: float) -> Path:
+    path.write_text(tomli_w.dumps({
+        "watchlist": ["ZZZZ"], "feed_url": server.feed_url_template, "extra_feeds": [server.base_url + "/slow.xml"],
+        "database": str(db_path), "poll_interval_seconds": 3600, "log_level": "INFO",
+        "http": {"per_host_concurrency": 2, "per_host_rate": 100.0},
+        "pipeline": {"analyze": False, "fetch_concurrency": 2, "write_interval_seconds": 0.05,
+                     "shutdown_grace_seconds": grace},
+    }))
+    return path
+
+
+async def start_daemon(config: Path, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitor.cli", "run", "--config", str(config), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def wait_for(db_path: Path, sql: str, predicate, timeout: float = 60.0):
+    """Poll the database the way a user would while the daemon runs: short read-only connections."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if db_path.exists():
+            value = await asyncio.to_thread(rows, db_path, sql)
+            if predicate(value[0][0]):
+                return value[0][0]
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting on {sql}"
+        await asyncio.sleep(0.1)
+
+
+def assert_each_story_stored_once(db_path: Path) -> None:
+    assert rows(db_path, "SELECT count(*), count(DISTINCT canonical_url) FROM stories") == [
+        (SLOW_STORIES, SLOW_STORIES)]
+    assert rows(db_path, "SELECT count(*) FROM stories WHERE state = 'pending'") == [(0,)]
+    assert rows(db_path, "SELECT max(content_version) FROM stories") == [(1,)]
+
+
+async def test_sigterm_mid_run_exits_zero_and_a_restart_finishes_the_rest(tmp_path, db_path):
+    async with slow_server(delay=0.5) as server:
+        config = write_config(tmp_path / "s.toml", server, db_path, grace=10)
+        daemon = await start_daemon(config)
+        await wait_for(db_path, "SELECT count(*) FROM stories WHERE state = 'page'", lambda n: n >= 2)
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(daemon.communicate(), 30)
+        assert daemon.returncode == 0, stderr.decode()
+        assert b"stopping" in stderr
+        accepted = rows(db_path, "SELECT count(*) FROM stories")[0][0]
+        assert accepted == SLOW_STORIES, "every story the feed yielded was accepted before the stop"
+
+        restart = await start_daemon(config, "--once")
+        _, stderr = await asyncio.wait_for(restart.communicate(), 60)
+        assert restart.returncode == 0, stderr.decode()
+    assert_each_story_stored_once(db_path)
+
+
+async def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(tmp_path, db_path):
+    async with slow_server(delay=0.5) as server:
+        config = write_config(tmp_path / "s.toml", server, db_path, grace=10)
+        daemon = await start_daemon(config)
+        await wait_for(db_path, "SELECT count(*) FROM stories WHERE state = 'page'", lambda n: n >= 2)
+        daemon.kill()
+        await daemon.wait()
+        assert daemon.returncode == -signal.SIGKILL
+
+        restart = await start_daemon(config, "--once")
+        _, stderr = await asyncio.wait_for(restart.communicate(), 60)
+        assert restart.returncode == 0, stderr.decode()
+    assert_each_story_stored_once(db_path)
