@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from monitor.config import Config, ConfigError, config_path, load_config
@@ -54,6 +57,7 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True
     )
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 @app.command()
@@ -161,6 +165,42 @@ def articles(
 
 
 @app.command()
+def sentiment(
+    ticker: Annotated[str, typer.Option("--ticker", "-t", help="The ticker.")],
+    config_file: ConfigOption = None,
+    since: Since = "7d",
+    every: Annotated[str, typer.Option("--every", help="Bucket size: 1h, 1d, ...")] = "1d",
+    plot: Annotated[Path | None, typer.Option(help="Also draw the series into this PNG file.")] = None,
+) -> None:
+    """A ticker's sentiment over time: mean score and mentions per bucket."""
+    config = settings(config_file)
+    window, bucket = duration(since), duration(every)
+    try:
+        with open_database(config).read() as conn:
+            series = queries.ticker_series(conn, ticker.upper(), since=window, bucket=bucket)
+    except DatabaseError as exc:
+        raise fail(str(exc)) from None
+    if not series:
+        console.print(f"no sentiment for {ticker.upper()} in the last {since}")
+        return
+    table = Table(title=f"{ticker.upper()} sentiment per {every}, last {since}")
+    for column in ("from", "mean score", "", "mentions", "+", "-"):
+        table.add_column(column, justify="right" if column not in ("", "from") else "left")
+    for start, score, mentions, positive, negative in series:
+        bar = "█" * round(abs(score) * 10)
+        table.add_row(_when(start), f"{score:+.2f}", f"[{'green' if score >= 0 else 'red'}]{bar}[/]",
+                      str(mentions), str(positive), str(negative))
+    console.print(table)
+    if plot:
+        from monitor.plot import plot_series
+
+        try:
+            console.print(f"wrote {plot_series(ticker.upper(), series, plot)}")
+        except RuntimeError as exc:
+            raise fail(str(exc)) from None
+
+
+@app.command()
 def demo(
     keep: Annotated[Path | None, typer.Option(help="Keep the demo database at this path.")] = None,
     model: Annotated[bool, typer.Option(help="Also run the sentiment model on what was stored.")] = True,
@@ -170,6 +210,97 @@ def demo(
 
     setup_logging("WARNING")
     run_demo(console, database=keep, with_model=model)
+
+
+@app.command()
+def analyze(
+    text: Annotated[str, typer.Option("--text", help="The news text to analyze.")],
+    config_file: ConfigOption = None,
+    title: Annotated[str | None, typer.Option(help="Its headline, if separate.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per-entity sentiment of one text, with the configured model."""
+    config = settings(config_file)
+    result = load_analyzer(config).analyze(text, title=title)
+    if as_json:
+        console.print_json(json.dumps(dataclasses.asdict(result)))
+        return
+    if not result.ok:
+        raise fail(f"the model's output failed validation twice: {result.error}\nraw output: {result.raw_output}", 1)
+    table = Table(title=f"{result.model}{' + ' + result.adapter if result.adapter else ''} ({result.latency_ms:.0f} ms)")
+    for column in ("entity", "ticker", "polarity", "category", "score", "confidence"):
+        table.add_column(column)
+    for e in result.entities:
+        table.add_row(e.entity, e.ticker or "", e.polarity, e.category, f"{e.score:+.2f}", f"{e.confidence:.2f}")
+    console.print(table)
+
+
+@app.command()
+def reanalyze(
+    config_file: ConfigOption = None,
+    since: Since = "7d",
+    batch: Annotated[int, typer.Option(help="Analyses written per database transaction.")] = 16,
+) -> None:
+    """Run the current model again over stored articles (after a model or adapter change). Safe while the daemon
+    runs: results are written in short transactions, and the newest analysis of each article is the one shown."""
+    from storage import writes
+
+    config = settings(config_file)
+    database = open_database(config)
+    try:
+        with database.read() as conn:
+            stories = queries.stories_since(conn, datetime.now(UTC) - duration(since))
+    except DatabaseError as exc:
+        raise fail(str(exc)) from None
+    if not stories:
+        console.print(f"no stored articles in the last {since}")
+        return
+    analyzer = load_analyzer(config)
+    failed = 0
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as progress:
+        task = progress.add_task("re-analyzing", total=len(stories))
+        for start in range(0, len(stories), batch):
+            chunk = stories[start : start + batch]
+            with database.read() as conn:
+                texts = [queries.story_text(conn, story.id) for story, _ in chunk]
+            results = []
+            for (story, version), (story_title, body) in zip(chunk, texts):
+                results.append((story, version, analyzer.analyze(body, title=story_title, ticker_hints=story.tickers)))
+                progress.advance(task)
+            with database.write() as conn:
+                stamp = datetime.now(UTC)
+                for story, version, result in results:
+                    writes.store_analysis(conn, story.id, version, result, stamp)
+            failed += sum(not result.ok for _, _, result in results)
+    console.print(f"re-analyzed {len(stories)} articles; {failed} outputs failed validation (kept with raw text)")
+
+
+@app.command("eval")
+def evaluate_model(
+    data: Annotated[Path, typer.Option("--data", help="JSONL: ours ({id,text,extractions}) or FinEntity's format.")],
+    config_file: ConfigOption = None,
+    repeat: Annotated[int, typer.Option(help="Run every record this many times to measure output variance.")] = 1,
+    limit: Annotated[int | None, typer.Option(help="Only the first N records.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Score the configured model on a labeled dataset."""
+    from model.evaluate import DatasetError, evaluate, load_records, render_table
+
+    if output_format not in ("table", "json"):
+        raise fail(f"--format must be table or json, not {output_format!r}")
+    config = settings(config_file)
+    try:
+        records = load_records(data)[:limit]
+    except (DatasetError, OSError) as exc:
+        raise fail(str(exc)) from None
+    analyzer = load_analyzer(config)
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=errors) as progress:
+        task = progress.add_task(f"evaluating {data.name}", total=len(records) * repeat)
+        report = evaluate(analyzer, records, repeat=repeat, progress=lambda done, total: progress.update(task, completed=done))
+    if output_format == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        console.print(render_table(report))
 
 
 def _when(value) -> str:

@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,16 +97,17 @@ class Config(BaseModel):
         return templated + [(url, ()) for url in self.extra_feeds]
 
 
-def config_path(explicit: Path | None) -> Path:
+def config_path(explicit: Path | None, environ: Mapping[str, str] | None = None) -> Path:
     if explicit is not None:
         return explicit
-    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+    return Path((os.environ if environ is None else environ).get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
 
 
-def load_config(path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read, override from the environment, and validate; every error names the key and the reason."""
-    explicit = path is not None or CONFIG_ENV in (environ or os.environ)
-    file = config_path(path)
+    environ = os.environ if environ is None else environ
+    explicit = path is not None or CONFIG_ENV in environ
+    file = config_path(path, environ)
     data: dict[str, Any] = {}
     if file.exists():
         try:
@@ -115,14 +117,14 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
     elif explicit:
         raise ConfigError(f"{file}: no such config file (run `sentimon init` to write one)")
     source = str(file) if file.exists() else "built-in defaults"
-    _apply_env(data, os.environ if environ is None else environ)
+    _apply_env(data, environ)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}:\n" + "\n".join(_describe(err) for err in exc.errors())) from None
 
 
-def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> None:
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import random
 import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKLOG_CHECK_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1
+FIRST_POLL_SPREAD_SECONDS = 30.0  # first polls start within this window: data comes in right away, without a burst
 
 
 @dataclass
@@ -47,7 +51,9 @@ async def run_daemon(config: Config, *, once: bool = False, analyzer: Analyzer |
                 StoreWriter(Database(config.database), interval=config.pipeline.write_interval_seconds)
             )
             http = await stack.enter_async_context(HttpClient(config.http))
-            cpu_pool = stack.enter_context(ProcessPoolExecutor(config.pipeline.extract_processes))
+            cpu_pool = stack.enter_context(
+                ProcessPoolExecutor(config.pipeline.extract_processes, initializer=die_with_parent)
+            )
             model_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="model"))
             pipeline = Pipeline(config, writer, http, cpu_pool, analyzer=analyzer, model_thread=model_thread)
             await pipeline.start()
@@ -68,6 +74,13 @@ async def run_daemon(config: Config, *, once: bool = False, analyzer: Analyzer |
             loop.remove_signal_handler(signum)
 
 
+def die_with_parent() -> None:
+    """Worker-process initializer: if the daemon is killed (kill -9, OOM), its workers go too instead of lingering
+    as orphans (Linux; elsewhere a service manager's process-group kill does it)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 async def _poll_once(pipeline: Pipeline, config: Config) -> None:
     await pipeline.load_backlog()
     await asyncio.gather(*(pipeline.poll(url, tickers) for url, tickers in config.feeds()))
@@ -75,12 +88,13 @@ async def _poll_once(pipeline: Pipeline, config: Config) -> None:
 
 
 async def _poll_forever(pipeline: Pipeline, config: Config, stop: asyncio.Event) -> None:
-    """Each feed on its own jittered interval, first polls spread over the first interval so they don't burst."""
+    """Each feed on its own jittered interval; the first polls are spread over a short window so they don't burst."""
     scheduler = AsyncIOScheduler(timezone="UTC")
     interval = config.poll_interval_seconds
     feeds = config.feeds()
+    spread = min(interval, FIRST_POLL_SPREAD_SECONDS)
     for index, (url, tickers) in enumerate(feeds):
-        first = now() + timedelta(seconds=interval * index / max(len(feeds), 1) + random.uniform(0, 1))
+        first = now() + timedelta(seconds=spread * index / len(feeds) + random.uniform(0, 0.5))
         scheduler.add_job(
             pipeline.poll,
             IntervalTrigger(seconds=interval, jitter=interval * config.poll_jitter),

@@ -18,7 +18,7 @@ from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from monitor.config import Config
-from scrapers.dedupe import NearDuplicateIndex, simhash
+from scrapers.dedupe import NearDuplicateIndex, fingerprint
 from scrapers.extract import Extracted, extract_article
 from scrapers.feeds import FeedError, poll_feed
 from scrapers.fetch import Page, fetch_page
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-FINGERPRINT_MIN_WORDS = 50
 # Worth another try later even though an immediate retry is not: paywalls and bot walls often lift.
 PAGE_RETRY_STATUSES = {401, 402, 403}
 FINGERPRINT_WINDOW = timedelta(days=14)
@@ -46,9 +45,7 @@ def now() -> datetime:
 def extract_and_fingerprint(html: str, url: str) -> tuple[Extracted | None, int | None]:
     """Runs in a worker process: the page's main text and, when it is long enough to compare, its SimHash."""
     extracted = extract_article(html, url)
-    if extracted is None or len(extracted.text.split()) < FINGERPRINT_MIN_WORDS:
-        return extracted, None
-    return extracted, simhash(extracted.text)
+    return extracted, fingerprint(extracted.text) if extracted else None
 
 
 @dataclass

@@ -118,3 +118,19 @@ def _story_refs(conn: duckdb.DuckDBPyConnection, where: str, params: list) -> li
         params,
     ).fetchall()
     return [StoryRef(i, url, title, summary, tuple(tickers)) for i, url, title, summary, tickers in rows]
+
+
+def ticker_series(
+    conn: duckdb.DuckDBPyConnection, ticker: str, *, since: timedelta, bucket: str
+) -> list[tuple[datetime, float, int, int, int]]:
+    """(bucket start, mean score, mentions, positive, negative) for one ticker, oldest first."""
+    return conn.execute(
+        """
+        SELECT time_bucket(?::INTERVAL, coalesce(published_at, analyzed_at)) AS bucket,
+               avg(score), count(*), count(*) FILTER (WHERE polarity = '+'), count(*) FILTER (WHERE polarity = '-')
+        FROM entity_sentiment
+        WHERE ticker = ? AND coalesce(published_at, analyzed_at) >= now() - ?::INTERVAL
+        GROUP BY bucket ORDER BY bucket
+        """,
+        [bucket, ticker, since],
+    ).fetchall()

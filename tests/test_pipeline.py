@@ -160,7 +160,7 @@ def slow_server(delay: float) -> FixtureServer:
 
 def write_config(path: Path, server: FixtureServer, db_path: Path, grace: float) -> Path:
     path.write_text(tomli_w.dumps({
-        "watchlist": ["ZZZZ"], "feed_url": server.feed_url_template, "extra_feeds": [server.base_url + "/slow.xml"],
+        "watchlist": [], "feed_url": server.feed_url_template, "extra_feeds": [server.base_url + "/slow.xml"],
         "database": str(db_path), "poll_interval_seconds": 3600, "log_level": "INFO",
         "http": {"per_host_concurrency": 2, "per_host_rate": 100.0},
         "pipeline": {"analyze": False, "fetch_concurrency": 2, "write_interval_seconds": 0.05,

@@ -55,7 +55,7 @@ SELECT
     s.canonical_url,
     coalesce(s.title, s.feed_title)                                    AS title,
     s.feed_summary                                                     AS summary,
-    coalesce(s.body, concat_ws(E'\n\n', s.feed_title, s.feed_summary)) AS body,
+    coalesce(s.body, concat_ws(E'\n\n', s.feed_title, nullif(s.feed_summary, ''))) AS body,
     regexp_extract(coalesce(s.final_url, s.url), '^[a-zA-Z]+://([^/:?#]+)', 1) AS source,
     s.published_at,
     s.fetched_at,

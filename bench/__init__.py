@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.ingest` (ingestion throughput) and `python -m bench.model` (the sentiment model)."""

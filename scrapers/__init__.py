@@ -1,0 +1,1 @@
+"""Getting news in: feeds, polite HTTP, page fetching, article extraction and de-duplication."""

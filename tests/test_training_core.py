@@ -1,0 +1,432 @@
+"""LoRA training core on the real embedded model: conversion, tokenization, packing, training, resume, export.
+
+The Gemma 3 270M GGUF is converted to Hugging Face weights once (cached next to the model) and shared by
+every test. Training runs are tiny (rank 4, eight headline-sized examples, a few steps) but real.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from llama_cpp import Llama
+from peft import PeftModel
+from safetensors.torch import load_file
+
+import training
+from model.embedded import embedded_model_path
+from model.prompt import INSTRUCTION, format_training_example
+from model.schema import EntityMention, serialize_mentions
+from training.attention import use_packed_attention
+from training.convert import ConversionError, hf_base_dir, load_base_model, load_tokenizer
+from training.export import ExportError, check_export, export_gguf_adapter
+from training.lora import CHECKPOINT_FILE, TrainingError, TrainSettings, completion_loss, lora_model, main, train_lora
+from training.packing import TrainingDataError, TrainingExample, build_pack, encode, plan_batches
+
+DEV_SET = Path(__file__).parents[1] / "datasets" / "dev.jsonl"
+# Two steps per epoch with these examples; a high rate so that four steps visibly teach something.
+TINY = TrainSettings(
+    rank=4, alpha=8, learning_rate=5e-3, warmup_ratio=0, epochs=2, batch_tokens=300, nice=0, checkpoint_every=1
+)
+
+
+def _records(count: int, max_chars: int) -> list[dict]:
+    records = [json.loads(line) for line in DEV_SET.read_text(encoding="utf-8").splitlines()]
+    return [r for r in records if len(r["text"]) <= max_chars and r["extractions"]][:count]
+
+
+def _mentions(record: dict) -> list[EntityMention]:
+    return [EntityMention(**m) for m in record["extractions"]]
+
+
+@pytest.fixture(scope="session")
+def base_gguf() -> Path:
+    return embedded_model_path()
+
+
+@pytest.fixture(scope="session")
+def hf_dir(base_gguf: Path) -> Path:
+    return hf_base_dir(base_gguf, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(hf_dir: Path):
+    return load_tokenizer(hf_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_vocab(base_gguf: Path) -> Llama:
+    return Llama(str(base_gguf), vocab_only=True, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def short_examples() -> list[TrainingExample]:
+    """Eight headline-sized examples in a short prompt; the first has its category excluded from the loss."""
+    examples = []
+    for record in _records(8, 110):
+        completion = serialize_mentions(_mentions(record))
+        examples.append(TrainingExample(f"Article:\n{record['text']}\nJSON:\n", completion))
+    first = examples[0]
+    category = json.loads(first.completion)[0]["category"]
+    start = first.completion.index(category)
+    examples[0] = TrainingExample(first.prompt, first.completion, ((start, start + len(category)),))
+    return examples
+
+
+@pytest.fixture(scope="session")
+def few_shot_examples(tokenizer) -> list[TrainingExample]:
+    """Three examples in the real inference prompt (instructions and worked examples first)."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return [
+        TrainingExample(*format_training_example(r["text"], _mentions(r), tokenizer_count=count))
+        for r in _records(3, 200)
+    ]
+
+
+@pytest.fixture(scope="session")
+def lora(hf_dir: Path):
+    """A LoRA model with small random B matrices, so that the adapter changes the outputs."""
+    torch.manual_seed(0)
+    model = lora_model(load_base_model(hf_dir), TrainSettings(rank=4))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.01)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, base_gguf: Path, short_examples: list[TrainingExample]):
+    """The same 4-step run done twice: stopped after 2 steps and resumed, and straight through."""
+    resumed_dir, straight_dir = tmp_path_factory.mktemp("resumed"), tmp_path_factory.mktemp("straight")
+    stopped = train_lora(
+        short_examples, base_gguf=base_gguf, out_dir=resumed_dir, settings=TINY.model_copy(update={"max_steps": 2}),
+        progress=False,
+    )  # fmt: skip
+    resumed = train_lora(short_examples, base_gguf=base_gguf, out_dir=resumed_dir, settings=TINY, progress=False)
+    straight = train_lora(short_examples, base_gguf=base_gguf, out_dir=straight_dir, settings=TINY, progress=False)
+    return types.SimpleNamespace(stopped=stopped, resumed=resumed, straight=straight)
+
+
+# -- conversion and tokenizer ---------------------------------------------------------------------------------------
+
+
+def test_conversion_is_cached_by_content(hf_dir: Path, base_gguf: Path) -> None:
+    assert hf_base_dir(base_gguf, progress=False) == hf_dir
+    source = json.loads((hf_dir / "source.json").read_text())
+    assert hf_dir.name.endswith(source["sha256"][:16])
+    assert json.loads((hf_dir / "config.json").read_text())["model_type"] == "gemma3_text"
+
+
+def test_conversion_names_a_missing_model(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match="missing.gguf does not exist"):
+        hf_base_dir(tmp_path / "missing.gguf")
+
+
+def test_tokenizer_matches_llama_cpp(tokenizer, llama_vocab: Llama, few_shot_examples) -> None:
+    texts = [
+        "Nvidia's Q3 revenue: $35.1bn (+94% y/y) beat estimates.",
+        "  Société Générale ↑ 3,5 % ; 日本郵船 — emoji 🚀 and <b>tags</b>\n\n\tend",
+        *(part for example in few_shot_examples for part in (example.prompt, example.completion)),
+    ]
+    for text in texts:
+        ours = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert ours == llama_vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False), text[:60]
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (llama_vocab.token_bos(), llama_vocab.token_eos())
+
+
+# -- encoding, masking, packing -------------------------------------------------------------------------------------
+
+
+def test_loss_covers_the_completion_only_minus_excluded_spans(tokenizer, short_examples) -> None:
+    example = short_examples[0]
+    (encoded,) = encode([example], tokenizer, max_tokens=512)
+    prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+    completion = tokenizer(example.completion, add_special_tokens=False, return_offsets_mapping=True)
+    assert encoded.tokens == (tokenizer.bos_token_id, *prompt_ids, *completion["input_ids"], tokenizer.eos_token_id)
+    assert encoded.prompt_len == 1 + len(prompt_ids)
+
+    (start, end), = example.exclude_spans  # fmt: skip
+    excluded = [i for i, (a, b) in enumerate(completion["offset_mapping"]) if a < end and start < b]
+    assert excluded and "".join(tokenizer.decode(completion["input_ids"][i]) for i in excluded).strip('"') == (
+        example.completion[start:end]
+    )
+    pack = build_pack([encoded])
+    kept = [i for i in range(len(completion["input_ids"])) if i not in excluded]
+    # Every prediction is made from a position at or after the prompt's last token; prompt tokens are never targets.
+    assert pack.predict_at.tolist() == [encoded.prompt_len - 1 + i for i in kept] + [len(encoded.tokens) - 2]
+    assert pack.targets.tolist() == [completion["input_ids"][i] for i in kept] + [tokenizer.eos_token_id]
+
+
+@pytest.mark.parametrize(
+    ("example", "problem"),
+    [
+        (TrainingExample("Article:\nx\nJSON:\n", ""), "training example 1: the completion is empty"),
+        (TrainingExample("", "[]"), "training example 1: the prompt is empty"),
+        (TrainingExample("p", "[]", ((1, 5),)), r"exclude span \(1, 5\) is not a non-empty range inside"),
+        (TrainingExample("word " * 600, "[]"), r"tokens, more than max_tokens \(512\)"),
+    ],
+)
+def test_bad_examples_are_named(tokenizer, short_examples, example: TrainingExample, problem: str) -> None:
+    with pytest.raises(TrainingDataError, match=problem):
+        encode([short_examples[1], example], tokenizer, max_tokens=512)
+
+
+def test_batches_respect_the_token_budget_and_share_the_prompt_prefix(tokenizer, few_shot_examples) -> None:
+    encoded = encode(few_shot_examples * 4, tokenizer, max_tokens=2048)
+    budget = 700
+    batches = plan_batches(encoded, budget, seed=0, epoch=1)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(encoded)))
+    assert 1 < len(batches) < len(encoded)
+    for batch in batches:
+        pack = build_pack([encoded[i] for i in batch])
+        assert pack.input_ids.shape[1] <= budget
+        assert pack.shared > 300  # the instructions and worked examples are in the row once
+        assert pack.example_tokens == sum(len(encoded[i].tokens) for i in batch)
+    assert plan_batches(encoded, budget, seed=0, epoch=1) == batches
+    assert plan_batches(encoded, budget, seed=0, epoch=2) != batches
+
+
+def _separate_losses(model, encoded) -> list[tuple[float, int]]:
+    """(summed loss, tokens) of each example run alone through the model's ordinary forward pass."""
+    results = []
+    for example in encoded:
+        completion = len(example.tokens) - example.prompt_len
+        logits = model(input_ids=torch.tensor([example.tokens]), logits_to_keep=completion + 1).logits[0, :-1]
+        losses = torch.nn.functional.cross_entropy(logits, torch.tensor(example.tokens[example.prompt_len :]), reduction="none")
+        kept = torch.tensor(example.in_loss)
+        results.append((losses[kept].sum().item(), int(kept.sum())))
+    return results
+
+
+def test_packed_loss_equals_the_examples_run_one_by_one(lora, tokenizer, short_examples) -> None:
+    """Two examples behind a shared instruction, one whose prompt repeats another's, one from another prompt,
+    with a sliding window shorter than the shared prefix so that the sliding layers cut into it."""
+    instructed = [TrainingExample(f"{INSTRUCTION}\n\n{e.prompt}", e.completion) for e in short_examples[1:3]]
+    duplicate = TrainingExample(instructed[0].prompt, serialize_mentions([]))
+    encoded = encode([*instructed, duplicate, short_examples[0]], tokenizer, max_tokens=512)
+    window = 24
+    attention = [m for m in lora.modules() if getattr(m, "sliding_window", None)]
+    config = lora.get_base_model().config
+    original = config.sliding_window
+    config.sliding_window = window
+    for module in attention:
+        module.sliding_window = window
+    try:
+        with torch.no_grad():
+            separate = _separate_losses(lora, encoded)
+            for size, shared in ((3, range(window + 1, 200)), (4, [1])):  # only BOS is common to all four
+                pack = build_pack(encoded[:size])
+                assert pack.shared in shared
+                expected = sum(loss for loss, _ in separate[:size]) / sum(n for _, n in separate[:size])
+                assert completion_loss(lora, pack).item() == pytest.approx(expected, abs=1e-4)
+    finally:
+        config.sliding_window = original
+        for module in attention:
+            module.sliding_window = original
+
+
+# -- training and resuming ------------------------------------------------------------------------------------------
+
+
+def test_training_lowers_the_loss_on_its_examples(runs, hf_dir: Path, tokenizer, short_examples) -> None:
+    pack = build_pack(encode(short_examples, tokenizer, max_tokens=512))
+    model = load_base_model(hf_dir)
+    use_packed_attention(model)
+    with torch.no_grad():
+        before = completion_loss(model, pack).item()
+        after = completion_loss(PeftModel.from_pretrained(model, runs.straight.adapter_dir).eval(), pack).item()
+    assert runs.straight.finished and runs.straight.steps_done == 4
+    assert after < 0.7 * before, (before, after)
+
+
+def test_a_resumed_run_continues_where_it_stopped(runs) -> None:
+    assert (runs.stopped.steps_done, runs.stopped.total_steps, runs.stopped.finished) == (2, 4, False)
+    assert runs.resumed.resumed_from_step == 2 and runs.resumed.steps_done == 4
+    log = [json.loads(line) for line in (runs.resumed.adapter_dir.parent / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+    # Same weights, optimizer moments, schedule and dropout draws as the run that never stopped.
+    assert runs.resumed.losses == pytest.approx(runs.straight.losses, abs=1e-5)
+    resumed = load_file(runs.resumed.adapter_dir / "adapter_model.safetensors")
+    straight = load_file(runs.straight.adapter_dir / "adapter_model.safetensors")
+    assert resumed.keys() == straight.keys()
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-5) for k in resumed)
+
+
+def test_a_checkpoint_of_other_examples_is_refused(runs, base_gguf: Path, short_examples) -> None:
+    out_dir = runs.resumed.adapter_dir.parent
+    with pytest.raises(TrainingError, match="belongs to a different run"):
+        train_lora(short_examples[:-1], base_gguf=base_gguf, out_dir=out_dir, settings=TINY, progress=False)
+
+
+def test_a_damaged_checkpoint_is_named(tmp_path: Path, base_gguf: Path, short_examples) -> None:
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="can't be read.*delete it"):
+        train_lora(short_examples, base_gguf=base_gguf, out_dir=tmp_path, settings=TINY, progress=False)
+
+
+def test_no_examples_is_an_error(tmp_path: Path, base_gguf: Path) -> None:
+    with pytest.raises(TrainingError, match="no training examples"):
+        train_lora([], base_gguf=base_gguf, out_dir=tmp_path, settings=TINY, progress=False)
+
+
+def test_command_line_reports_a_bad_examples_file(tmp_path: Path, base_gguf: Path, capsys) -> None:
+    examples = tmp_path / "train.jsonl"
+    examples.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', encoding="utf-8")
+    code = main(["--examples", str(examples), "--base", str(base_gguf), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 1
+    assert f"{examples} line 2: expected" in capsys.readouterr().err
+
+
+# -- export to llama.cpp --------------------------------------------------------------------------------------------
+
+
+def test_exported_adapter_runs_in_llama_cpp_like_torch(runs, tmp_path: Path, base_gguf: Path, hf_dir: Path,
+                                                       short_examples, few_shot_examples) -> None:  # fmt: skip
+    adapter = export_gguf_adapter(runs.straight.adapter_dir, base_gguf, tmp_path / "adapter.gguf")
+    probes = [short_examples[1].prompt + short_examples[1].completion,
+              few_shot_examples[0].prompt + few_shot_examples[0].completion]  # fmt: skip
+    check = check_export(base_gguf, hf_dir, runs.straight.adapter_dir, adapter, probes, last_tokens=12)
+    assert check.positions == 24
+    assert check.base.top1_agreement >= 0.9  # the same weights: Q4 in llama.cpp, dequantized float32 in torch
+    assert check.ok, check
+    # The adapter moves the logits far more than llama.cpp and torch disagree about them.
+    assert check.adapter_shift > 5 * check.adapted.mean_abs, check
+
+
+def test_export_refuses_what_llama_cpp_cannot_express(runs, tmp_path: Path, base_gguf: Path) -> None:
+    with pytest.raises(ExportError, match="is not a peft adapter directory"):
+        export_gguf_adapter(tmp_path, base_gguf, tmp_path / "a.gguf")
+    rslora = tmp_path / "rslora"
+    rslora.mkdir()
+    config = json.loads((runs.straight.adapter_dir / "adapter_config.json").read_text())
+    (rslora / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    (rslora / "adapter_model.safetensors").write_bytes((runs.straight.adapter_dir / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(ExportError, match="can't express use_rslora"):
+        export_gguf_adapter(rslora, base_gguf, tmp_path / "a.gguf")
+    assert not (tmp_path / "a.gguf").exists()
+
+
+# -- the MLX path, with a stand-in for mlx / mlx-lm (they only run on Apple Silicon) ---------------------------------
+
+
+class _FakeLayer:
+    def named_modules(self):
+        names = ["self_attn", *(f"self_attn.{p}_proj" for p in "qkvo"), "self_attn.q_norm", "mlp",
+                 *(f"mlp.{p}_proj" for p in ("gate", "up", "down"))]  # fmt: skip
+        return [(name, object()) for name in names]
+
+
+class _FakeModel:
+    layers = [_FakeLayer(), _FakeLayer()]
+    vocabulary = 7
+
+    def freeze(self) -> None:
+        pass
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        return np.zeros((*tokens.shape, self.vocabulary), np.float32)
+
+
+def _fake_mlx(calls: dict) -> dict[str, types.ModuleType]:
+    def module(name: str, **attributes) -> types.ModuleType:
+        fake = types.ModuleType(name)
+        fake.__dict__.update(attributes)
+        return fake
+
+    def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        # The stand-in model has a tiny vocabulary; the value of a uniform prediction is the same for any target.
+        return -np.take_along_axis(log_probs, targets[..., None].astype(int) % logits.shape[-1], -1)[..., 0]
+
+    def linear_schedule(init: float, end: float, steps: int):
+        return lambda step: init + (end - init) * min(step, steps) / steps
+
+    def join_schedules(schedules, boundaries):
+        return lambda step: schedules[1](step - boundaries[0]) if step >= boundaries[0] else schedules[0](step)
+
+    class TrainingArgs(types.SimpleNamespace):
+        pass
+
+    def train(*, model, optimizer, train_dataset, val_dataset, args, loss, iterate_batches, training_callback):
+        calls.update(args=args, optimizer=optimizer, batches=[])
+        batches = iterate_batches(dataset=train_dataset, batch_size=args.batch_size,
+                                  max_seq_length=args.max_seq_length, train=True)  # fmt: skip
+        for iteration in range(1, args.iters + 1):
+            batch = next(batches)
+            value, count = loss(model, *batch)
+            calls["batches"].append((batch, float(value), float(count)))
+            training_callback.on_train_loss_report(
+                {"iteration": iteration, "train_loss": float(value), "tokens_per_second": 1.0}
+            )
+        Path(args.adapter_file).write_bytes(b"weights")
+
+    return {
+        "mlx": module("mlx"),
+        "mlx.core": module("mlx.core", array=np.asarray, float32=np.float32,
+                           random=types.SimpleNamespace(seed=lambda s: calls.update(seed=s))),  # fmt: skip
+        "mlx.nn": module("mlx.nn", Module=object, losses=types.SimpleNamespace(cross_entropy=cross_entropy)),
+        "mlx.optimizers": module(
+            "mlx.optimizers", AdamW=lambda **kw: kw, linear_schedule=linear_schedule, join_schedules=join_schedules
+        ),
+        "mlx_lm": module("mlx_lm", load=lambda path: (_FakeModel(), None)),
+        "mlx_lm.tuner": module("mlx_lm.tuner"),
+        "mlx_lm.tuner.trainer": module("mlx_lm.tuner.trainer", TrainingArgs=TrainingArgs, train=train),
+        "mlx_lm.tuner.utils": module(
+            "mlx_lm.tuner.utils", linear_to_lora_layers=lambda model, n, params: calls.update(lora=(n, params))
+        ),
+    }
+
+
+@pytest.fixture
+def mlx_backend(monkeypatch):
+    """training.mlx_backend imported against the stand-ins, and forgotten afterwards."""
+    calls: dict = {}
+    for name, fake in _fake_mlx(calls).items():
+        monkeypatch.setitem(sys.modules, name, fake)
+    monkeypatch.delitem(sys.modules, "training.mlx_backend", raising=False)
+    module = importlib.import_module("training.mlx_backend")
+    yield module, calls
+    del sys.modules["training.mlx_backend"]
+    delattr(training, "mlx_backend")
+
+
+def test_mlx_training_masks_like_torch_and_writes_mlx_adapters(mlx_backend, tmp_path: Path, hf_dir: Path,
+                                                               tokenizer, short_examples) -> None:  # fmt: skip
+    module, calls = mlx_backend
+    settings = TINY.model_copy(update={"warmup_ratio": 0.25})
+    result = module.train_lora_mlx(short_examples, model_path=hf_dir, out_dir=tmp_path, settings=settings,
+                                   progress=False)  # fmt: skip
+
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["lora_parameters"]["keys"] == sorted(
+        [*(f"self_attn.{p}_proj" for p in "qkvo"), *(f"mlp.{p}_proj" for p in ("gate", "up", "down"))]
+    )
+    assert config["lora_parameters"]["scale"] == settings.alpha / settings.rank
+    assert calls["lora"] == (2, config["lora_parameters"])
+    assert (tmp_path / "adapters.safetensors").read_bytes() == b"weights"
+    assert result.iterations == calls["args"].iters == len(calls["batches"])
+
+    schedule = calls["optimizer"]["learning_rate"]
+    warmup = -(-result.iterations // 4)
+    assert schedule(0) == 0 and schedule(warmup) == settings.learning_rate and schedule(result.iterations) == 0
+
+    by_tokens = {e.tokens: e for e in encode(short_examples, tokenizer, max_tokens=settings.max_tokens)}
+    for (tokens, weights), value, count in calls["batches"]:
+        assert value == pytest.approx(np.log(_FakeModel.vocabulary), rel=1e-5)  # uniform logits
+        assert count == weights.sum()
+        for row, row_weights in zip(tokens, weights):
+            example = by_tokens[tuple(int(t) for t in row[row != 0])]  # no example holds the pad id 0
+            expected = np.zeros_like(row_weights)
+            expected[example.prompt_len - 1 : len(example.tokens) - 1] = example.in_loss
+            assert (row_weights == expected).all()

@@ -1,0 +1,80 @@
+"""Attention over a packed row (training/packing.py) without attending across examples.
+
+A dense (L x L) mask over the whole row would spend most of its work on pairs that are masked out, and a
+row of 16 examples around a 400-token prompt prefix is 2,000 tokens long. This attention computes the
+prefix causally once, then each example's queries against the prefix keys and its own keys only.
+
+It is registered with transformers as the attention implementation "sentimon_packed"; a forward pass
+that passes no `packed_row` (generation, evaluation) runs transformers' ordinary sdpa attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from training.packing import Pack
+
+PACKED_ATTENTION = "sentimon_packed"
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    packed_row: Pack | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """query (1, heads, L, dim), key/value (1, kv_heads, L, dim) -> (1, L, heads, dim)."""
+    if packed_row is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+            sliding_window=sliding_window, **kwargs,
+        )  # fmt: skip
+    shared = packed_row.shared
+    positions = packed_row.position_ids[0]
+    pieces = [_attend(query, key, value, slice(0, shared), slice(0, 0), positions, sliding_window, dropout, scaling)]
+    for start, end in packed_row.segments:
+        own = slice(start, end)
+        pieces.append(_attend(query, key, value, own, slice(0, shared), positions, sliding_window, dropout, scaling))
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    own: slice,
+    prefix: slice,
+    positions: torch.Tensor,
+    window: int | None,
+    dropout: float,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Queries of the `own` span against keys of `prefix` followed by `own`, causally by position."""
+    keys = torch.cat([key[:, :, prefix], key[:, :, own]], dim=2)
+    values = torch.cat([value[:, :, prefix], value[:, :, own]], dim=2)
+    query_pos = positions[own][:, None]
+    key_pos = torch.cat([positions[prefix], positions[own]])[None, :]
+    allowed = key_pos <= query_pos
+    if window:
+        allowed &= query_pos - key_pos < window
+    return F.scaled_dot_product_attention(
+        query[:, :, own], keys, values, attn_mask=allowed, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
+
+
+def use_packed_attention(model: PreTrainedModel) -> None:
+    model.set_attn_implementation(PACKED_ATTENTION)
+
+
+AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
