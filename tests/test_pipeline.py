@@ -45,6 +45,15 @@ def rss(items: list[tuple[str, str]]) -> str:
     return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{body}</channel></rss>'
 
 
+def serve(make_response):
+    """A route handler answering a fresh response each time."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return make_response()
+
+    return handler
+
+
 def html(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="text/html", charset="utf-8")
 
@@ -76,10 +85,10 @@ async def test_second_run_uses_conditional_get_and_adds_nothing(fixture_server, 
 
 async def test_feed_errors_are_reported_and_other_feeds_still_land(db_path, fast_settings):
     server = FixtureServer()
-    server.app.router.add_get("/consent", lambda r: web.Response(
+    server.app.router.add_get("/consent", serve(lambda: web.Response(
         text="<html><body><form action='https://consent.yahoo.com/v2/collectConsent'>Accept all</form></body></html>",
-        content_type="text/html"))
-    server.app.router.add_get("/garbage.xml", lambda r: web.Response(body=b"\x00\x01 not xml", content_type="application/rss+xml"))
+        content_type="text/html")))
+    server.app.router.add_get("/garbage.xml", serve(lambda: web.Response(body=b"\x00\x01 not xml", content_type="application/rss+xml")))
     async with server:
         config = config_for(
             server, db_path, fast_settings, watchlist=["AAPL"],
@@ -95,9 +104,9 @@ async def test_feed_errors_are_reported_and_other_feeds_still_land(db_path, fast
 
 async def test_unavailable_page_keeps_feed_text_and_schedules_a_bounded_retry(db_path, fast_settings):
     server = FixtureServer(tickers=[])
-    server.app.router.add_get("/paywalled.xml", lambda r: web.Response(
-        text=rss([("Paywalled scoop on Nvidia", server.base_url + "/wsj/scoop")]), content_type="application/rss+xml"))
-    server.app.router.add_get("/wsj/scoop", lambda r: web.Response(status=403, text="subscribe"))
+    server.app.router.add_get("/paywalled.xml", serve(lambda: web.Response(
+        text=rss([("Paywalled scoop on Nvidia", server.base_url + "/wsj/scoop")]), content_type="application/rss+xml")))
+    server.app.router.add_get("/wsj/scoop", serve(lambda: web.Response(status=403, text="subscribe")))
     async with server:
         config = config_for(server, db_path, fast_settings, watchlist=["ZZZZ"],
                             extra_feeds=[server.base_url + "/paywalled.xml"], pipeline={"page_retries": 1})
@@ -121,11 +130,11 @@ async def test_syndicated_copy_under_another_url_is_linked_to_the_first(db_path,
     original = page(0)
     syndicated = original.replace(b"<body", b"<body><div>Syndicated from a partner site</div>", 1)
     server = FixtureServer(tickers=[])
-    server.app.router.add_get("/partner.xml", lambda r: web.Response(text=rss([
+    server.app.router.add_get("/partner.xml", serve(lambda: web.Response(text=rss([
         ("Original", server.base_url + "/origin/story"), ("Copy", server.base_url + "/partner/other-url")]),
-        content_type="application/rss+xml"))
-    server.app.router.add_get("/origin/story", lambda r: html(original))
-    server.app.router.add_get("/partner/other-url", lambda r: html(syndicated))
+        content_type="application/rss+xml")))
+    server.app.router.add_get("/origin/story", serve(lambda: html(original)))
+    server.app.router.add_get("/partner/other-url", serve(lambda: html(syndicated)))
     async with server:
         config = config_for(server, db_path, fast_settings, watchlist=["ZZZZ"],
                             extra_feeds=[server.base_url + "/partner.xml"], pipeline={"fetch_concurrency": 1})
@@ -151,9 +160,9 @@ def slow_server(delay: float) -> FixtureServer:
         await asyncio.sleep(delay)
         return html(bodies[int(request.match_info["n"])])
 
-    server.app.router.add_get("/slow.xml", lambda r: web.Response(
+    server.app.router.add_get("/slow.xml", serve(lambda: web.Response(
         text=rss([(f"Story {i}", f"{server.base_url}/slow/{i}") for i in range(SLOW_STORIES)]),
-        content_type="application/rss+xml"))
+        content_type="application/rss+xml")))
     server.app.router.add_get("/slow/{n}", article)
     return server
 

@@ -1,0 +1,83 @@
+"""The `sentimon` commands a user types, on a real database filled by a real run."""
+
+import pytest
+import tomli_w
+from typer.testing import CliRunner
+
+from monitor.cli import app
+from monitor.config import Config, PipelineSettings
+from monitor.daemon import run_daemon
+
+runner = CliRunner(env={"COLUMNS": "250"})
+
+
+@pytest.fixture
+async def filled(tmp_path, fixture_server, fast_settings):
+    """A config file and the database one `run --once` over the loopback captures made."""
+    database = tmp_path / "s.duckdb"
+    config = Config(
+        watchlist=["AAPL", "MSFT"], batch_size=1, feed_url=fixture_server.feed_url_template, database=database,
+        http=fast_settings, pipeline=PipelineSettings(analyze=False, write_interval_seconds=0.05),
+    )
+    await run_daemon(config, once=True)
+    path = tmp_path / "sentimon.toml"
+    path.write_text(tomli_w.dumps({"database": str(database), "watchlist": ["AAPL", "MSFT"]}))
+    return path
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_init_writes_a_config_and_refuses_to_overwrite(tmp_path):
+    target = tmp_path / "sentimon.toml"
+    assert invoke("init", str(target)).exit_code == 0
+    assert "watchlist" in target.read_text()
+    again = invoke("init", str(target))
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_bad_config_key_stops_with_the_key_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[http]\nper_host_rat = 3\n")
+    result = invoke("status", "--config", str(bad))
+    assert result.exit_code == 2
+    assert "http.per_host_rat: unknown key (did you mean 'per_host_rate'?)" in result.output
+
+
+def test_status_before_any_run_says_what_to_do(tmp_path):
+    config = tmp_path / "s.toml"
+    config.write_text(f'database = "{tmp_path / "none.duckdb"}"\n')
+    result = invoke("status", "--config", str(config))
+    assert result.exit_code == 2 and "run `sentimon run --once`" in result.output
+
+
+def test_status_and_articles_show_what_the_run_stored(filled):
+    status = invoke("status", "--config", str(filled))
+    assert status.exit_code == 0
+    assert "rss/2.0/headline?s=AAPL" in status.output and "stories" in status.output
+    listing = invoke("articles", "--config", str(filled), "--ticker", "msft", "--since", "5000d")
+    assert listing.exit_code == 0
+    from storage.db import Database
+
+    with Database(filled.parent / "s.duckdb").read() as conn:
+        msft = conn.execute("SELECT title FROM articles WHERE list_contains(tickers, 'MSFT')").fetchall()
+    assert len(msft) == 2 and all(title[:30] in listing.output for (title,) in msft)
+    assert invoke("articles", "--config", str(filled), "--since", "often").exit_code == 2
+
+
+def test_sentiment_series_table_and_plot(filled, tmp_path):
+    from storage.db import Database
+
+    with Database(tmp_path / "s.duckdb").write() as conn:  # two analyses of stored articles, as the model would write
+        conn.execute("""
+            INSERT INTO analyses (story_id, content_version, analyzed_at, model, prompt_version, ok, attempts)
+            SELECT id, content_version, now(), 'test', '1', true, 1 FROM stories WHERE state = 'page' LIMIT 2""")
+        conn.execute("""
+            INSERT INTO extractions SELECT id, story_id, 0, 'Apple', 'AAPL', '+', 'Performance', 0.8, 0.9
+            FROM analyses""")
+    plot = tmp_path / "aapl.png"
+    result = invoke("sentiment", "--config", str(filled), "--ticker", "AAPL", "--since", "20000d", "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    assert "+0.80" in result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
