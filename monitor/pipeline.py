@@ -28,7 +28,7 @@ from storage.writer import StoreWriter
 from storage.writes import StoryRef
 
 if TYPE_CHECKING:
-    from model.analyzer import Analyzer
+    from model.analyzer import AnalysisResult, Analyzer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +46,17 @@ def extract_and_fingerprint(html: str, url: str) -> tuple[Extracted | None, int 
     """Runs in a worker process: the page's main text and, when it is long enough to compare, its SimHash."""
     extracted = extract_article(html, url)
     return extracted, fingerprint(extracted.text) if extracted else None
+
+
+def failed_analysis(analyzer: Analyzer, error: str) -> AnalysisResult:
+    from model.analyzer import AnalysisResult
+    from model.prompt import PROMPT_VERSION
+
+    backend = analyzer.backend
+    return AnalysisResult(
+        entities=[], ok=False, error=error, raw_output="", model=backend.model_id, adapter=backend.adapter,
+        prompt_version=PROMPT_VERSION, latency_ms=0.0, attempts=0, prompt_tokens=0, completion_tokens=0,
+    )
 
 
 @dataclass
@@ -255,9 +266,12 @@ class Pipeline:
         story, version = item
         title, text = await self.writer.submit(partial(queries.story_text, story_id=story.id))
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self.model_thread, partial(self.analyzer.analyze, text, title=title, ticker_hints=story.tickers)
-        )
+        try:
+            result = await loop.run_in_executor(
+                self.model_thread, partial(self.analyzer.analyze, text, title=title, ticker_hints=story.tickers)
+            )
+        except Exception as exc:  # an empty text or a backend that produced nothing: recorded, not retried forever
+            result = failed_analysis(self.analyzer, f"{type(exc).__name__}: {exc}")
         await self.writer.submit(
             partial(writes.store_analysis, story_id=story.id, content_version=version, result=result, now=now())
         )
@@ -265,4 +279,4 @@ class Pipeline:
             self.stats.analyzed += 1
         else:
             self.stats.analysis_failures += 1
-            self.stats.error(f"analysis of story {story.id} failed validation twice: {result.error}")
+            self.stats.error(f"analysis of story {story.id} failed: {result.error}")

@@ -1,7 +1,6 @@
 """The ingestion path end to end: real loopback server of captures -> the real pipeline -> a real DuckDB file."""
 
 import asyncio
-import gzip
 import os
 import signal
 import sys
@@ -15,8 +14,8 @@ from monitor.config import Config, PipelineSettings
 from monitor.daemon import run_daemon
 from monitor.demo.server import FixtureServer
 from storage.db import Database
+from helpers import ARTICLE_PAGES, html, page, rss, serve
 
-ARTICLE_PAGES = sorted((Path(__file__).parents[1] / "monitor/demo/data/html").glob("*.html.gz"))
 
 
 def config_for(server: FixtureServer, db_path: Path, fast_settings, **overrides) -> Config:
@@ -34,28 +33,6 @@ def config_for(server: FixtureServer, db_path: Path, fast_settings, **overrides)
 def rows(db_path: Path, sql: str, params=()) -> list[tuple]:
     with Database(db_path).read() as conn:
         return conn.execute(sql, list(params)).fetchall()
-
-
-def page(index: int) -> bytes:
-    return gzip.decompress(ARTICLE_PAGES[index].read_bytes())
-
-
-def rss(items: list[tuple[str, str]]) -> str:
-    body = "".join(f"<item><title>{title}</title><link>{link}</link></item>" for title, link in items)
-    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{body}</channel></rss>'
-
-
-def serve(make_response):
-    """A route handler answering a fresh response each time."""
-
-    async def handler(request: web.Request) -> web.Response:
-        return make_response()
-
-    return handler
-
-
-def html(body: bytes) -> web.Response:
-    return web.Response(body=body, content_type="text/html", charset="utf-8")
 
 
 async def test_run_once_stores_every_story_once_with_its_tickers(fixture_server, db_path, fast_settings):

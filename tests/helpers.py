@@ -1,0 +1,41 @@
+"""Small building blocks for tests that add their own routes to the loopback server."""
+
+import gzip
+from pathlib import Path
+
+from aiohttp import web
+
+ARTICLE_PAGES = sorted((Path(__file__).parents[1] / "monitor/demo/data/html").glob("*.html.gz"))
+
+
+def page(index: int) -> bytes:
+    """One of the five captured article pages, as served."""
+    return gzip.decompress(ARTICLE_PAGES[index].read_bytes())
+
+
+def rss(items: list[tuple[str, str]]) -> str:
+    """A minimal RSS 2.0 document with (title, link) items."""
+    body = "".join(f"<item><title>{title}</title><link>{link}</link></item>" for title, link in items)
+    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{body}</channel></rss>'
+
+
+def serve(make_response):
+    """A route handler answering a fresh response each time."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return make_response()
+
+    return handler
+
+
+def html(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="text/html", charset="utf-8")
+
+
+def add_feed_of_pages(server, indexes: list[int], path: str = "/pages.xml") -> str:
+    """Add (before the server starts) a feed listing captured pages at their own URLs; returns the feed's path."""
+    for index in indexes:
+        server.app.router.add_get(f"/page/{index}", serve(lambda index=index: html(page(index))))
+    server.app.router.add_get(path, serve(lambda: web.Response(
+        text=rss([(f"Story {i}", f"{server.base_url}/page/{i}") for i in indexes]), content_type="application/rss+xml")))
+    return path
