@@ -35,6 +35,9 @@ T = TypeVar("T")
 
 # Worth another try later even though an immediate retry is not: paywalls and bot walls often lift.
 PAGE_RETRY_STATUSES = {401, 402, 403}
+# Store-stage tasks awaiting the single writer at once: they only wait, and the writer batches what they submit,
+# so extraction and the model never sit idle while a write batch fills.
+STORE_CONCURRENCY = 64
 FINGERPRINT_WINDOW = timedelta(days=14)
 
 
@@ -57,6 +60,18 @@ def failed_analysis(analyzer: Analyzer, error: str) -> AnalysisResult:
         entities=[], ok=False, error=error, raw_output="", model=backend.model_id, adapter=backend.adapter,
         prompt_version=PROMPT_VERSION, latency_ms=0.0, attempts=0, prompt_tokens=0, completion_tokens=0,
     )
+
+
+@dataclass(frozen=True)
+class AnalysisJob:
+    story: StoryRef
+    version: int  # the content version analyzed: a later page fetch makes a newer one
+    title: str | None
+    text: str
+
+
+async def _run_job(job: Callable[[], Awaitable[None]]) -> None:
+    await job()
 
 
 @dataclass
@@ -86,6 +101,7 @@ class Pipeline:
         *,
         analyzer: Analyzer | None = None,
         model_thread: Executor | None = None,
+        before_analysis: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pipeline
@@ -94,11 +110,13 @@ class Pipeline:
         self.cpu_pool = cpu_pool
         self.analyzer = analyzer
         self.model_thread = model_thread
+        self.before_analysis = before_analysis  # runs in the model thread before each article (adapter hot swap)
         self.stats = PipelineStats()
         size = self.settings.queue_size
         self.fetch_queue: asyncio.Queue[StoryRef] = asyncio.Queue(size)
         self.extract_queue: asyncio.Queue[tuple[StoryRef, Page]] = asyncio.Queue(size)
-        self.analyze_queue: asyncio.Queue[tuple[StoryRef, int]] = asyncio.Queue(size)
+        self.store_queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(size)
+        self.analyze_queue: asyncio.Queue[AnalysisJob] = asyncio.Queue(size)
         self.duplicates = NearDuplicateIndex()
         self._in_flight: set[int] = set()
         self._stopping = asyncio.Event()
@@ -113,6 +131,7 @@ class Pipeline:
         stages: list[tuple[str, int, asyncio.Queue, Callable]] = [
             ("fetch", self.settings.fetch_concurrency, self.fetch_queue, self._fetch),
             ("extract", self.settings.extract_processes, self.extract_queue, self._extract),
+            ("store", STORE_CONCURRENCY, self.store_queue, _run_job),
         ]
         if self.analyzer is not None:
             stages.append(("analyze", 1, self.analyze_queue, self._analyze))
@@ -126,12 +145,12 @@ class Pipeline:
         for story in await self.writer.submit(partial(queries.stories_to_fetch, now=now())):
             await self._enqueue_fetch(story)
         if self.analyzer is not None:
-            for story, version in await self.writer.submit(queries.stories_to_analyze):
-                await self.analyze_queue.put((story, version))
+            for story, version, title, text in await self.writer.submit(queries.analysis_backlog):
+                await self.analyze_queue.put(AnalysisJob(story, version, title, text))
 
     async def drain(self) -> None:
         """Wait until every queued story went through every stage."""
-        for queue in (self.fetch_queue, self.extract_queue, self.analyze_queue):
+        for queue in (self.fetch_queue, self.extract_queue, self.store_queue, self.analyze_queue, self.store_queue):
             await queue.join()
 
     async def stop(self, grace: float) -> None:
@@ -209,7 +228,8 @@ class Pipeline:
         try:
             page = await fetch_page(self.http, story.url)
         except FetchError as exc:
-            await self._page_failed(story, str(exc), retryable=exc.retryable or exc.status in PAGE_RETRY_STATUSES)
+            retryable = exc.retryable or exc.status in PAGE_RETRY_STATUSES
+            await self.store_queue.put(partial(self._page_failed, story, str(exc), retryable=retryable))
             return
         await self.extract_queue.put((story, page))
 
@@ -220,9 +240,19 @@ class Pipeline:
             self.cpu_pool, extract_and_fingerprint, page.html, page.final_url
         )
         if extracted is None:
-            await self._page_failed(story, f"no article text found on {page.final_url}", retryable=False)
+            error = f"no article text found on {page.final_url}"
+            await self.store_queue.put(partial(self._page_failed, story, error, retryable=False))
             return
-        duplicate_of = self.duplicates.find(fingerprint) if fingerprint is not None else None
+        duplicate_of = None
+        if fingerprint is not None:  # look up and add in one step on the loop: two copies can't both be "first"
+            duplicate_of = self.duplicates.find(fingerprint)
+            if duplicate_of is None:
+                self.duplicates.add(story.id, fingerprint)
+        await self.store_queue.put(partial(self._store_page, story, page, extracted, fingerprint, duplicate_of))
+
+    async def _store_page(
+        self, story: StoryRef, page: Page, extracted: Extracted, fingerprint: int | None, duplicate_of: int | None
+    ) -> None:
         version = await self.writer.submit(
             partial(
                 writes.store_page, story_id=story.id, now=now(), final_url=page.final_url, title=extracted.title,
@@ -236,9 +266,7 @@ class Pipeline:
             self.stats.near_duplicates += 1
             log.info("story %d is a near copy of %d: stored, not analyzed", story.id, duplicate_of)
             return
-        if fingerprint is not None:
-            self.duplicates.add(story.id, fingerprint)
-        await self._queue_analysis(story, version)
+        await self._queue_analysis(AnalysisJob(story, version, extracted.title or story.title, extracted.text))
 
     async def _page_failed(self, story: StoryRef, error: str, *, retryable: bool) -> None:
         """Keep the feed's title and description as the story's text, and retry the page later, a bounded number
@@ -256,27 +284,33 @@ class Pipeline:
         version, feed_text_is_new = await self.writer.submit(record)
         self._in_flight.discard(story.id)
         if feed_text_is_new:
-            await self._queue_analysis(story, version)
+            await self._queue_analysis(AnalysisJob(story, version, story.title, story.summary))
 
-    async def _queue_analysis(self, story: StoryRef, version: int) -> None:
+    async def _queue_analysis(self, job: AnalysisJob) -> None:
         if self.analyzer is not None:
-            await self.analyze_queue.put((story, version))
+            await self.analyze_queue.put(job)
 
-    async def _analyze(self, item: tuple[StoryRef, int]) -> None:
-        story, version = item
-        title, text = await self.writer.submit(partial(queries.story_text, story_id=story.id))
+    async def _analyze(self, job: AnalysisJob) -> None:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(
-                self.model_thread, partial(self.analyzer.analyze, text, title=title, ticker_hints=story.tickers)
+                self.model_thread, partial(self._run_model, job.text, job.title, job.story.tickers)
             )
         except Exception as exc:  # an empty text or a backend that produced nothing: recorded, not retried forever
             result = failed_analysis(self.analyzer, f"{type(exc).__name__}: {exc}")
+        await self.store_queue.put(partial(self._store_analysis, job, result))
+
+    async def _store_analysis(self, job: AnalysisJob, result: AnalysisResult) -> None:
         await self.writer.submit(
-            partial(writes.store_analysis, story_id=story.id, content_version=version, result=result, now=now())
+            partial(writes.store_analysis, story_id=job.story.id, content_version=job.version, result=result, now=now())
         )
         if result.ok:
             self.stats.analyzed += 1
         else:
             self.stats.analysis_failures += 1
-            self.stats.error(f"analysis of story {story.id} failed: {result.error}")
+            self.stats.error(f"analysis of story {job.story.id} failed: {result.error}")
+
+    def _run_model(self, text: str, title: str | None, tickers: tuple[str, ...]) -> AnalysisResult:
+        if self.before_analysis is not None:  # between two articles: the one before finished on the old adapter
+            self.before_analysis()
+        return self.analyzer.analyze(text, title=title, ticker_hints=tickers)

@@ -18,19 +18,19 @@ def stories_to_fetch(conn: duckdb.DuckDBPyConnection, now: datetime) -> list[Sto
     )
 
 
-def stories_to_analyze(conn: duckdb.DuckDBPyConnection, limit: int | None = None) -> list[tuple[StoryRef, int]]:
-    """Stored stories whose current content has no analysis yet, oldest first, with their content version."""
+def analysis_backlog(conn: duckdb.DuckDBPyConnection) -> list[tuple[StoryRef, int, str | None, str]]:
+    """Stored stories whose current content has no analysis yet, oldest first: (story, content version, title,
+    text to analyze)."""
     rows = conn.execute(
-        f"""
+        """
         SELECT s.id, s.content_version FROM stories s
         WHERE s.state <> 'pending' AND s.duplicate_of IS NULL
           AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.story_id = s.id AND a.content_version = s.content_version)
-        ORDER BY s.id {'LIMIT ' + str(int(limit)) if limit else ''}
         """
     ).fetchall()
     versions = dict(rows)
     refs = _story_refs(conn, "id IN (SELECT unnest(?))", [list(versions)])
-    return [(ref, versions[ref.id]) for ref in refs]
+    return [(ref, versions[ref.id], *story_text(conn, ref.id)) for ref in refs]
 
 
 def stories_since(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[StoryRef, int]]:
