@@ -13,8 +13,6 @@ import argparse
 import statistics
 import time
 
-from llama_cpp import Llama
-
 from model.backends.llama_cpp import LlamaCppBackend
 from model.prompt import build_prompt
 from model.settings import ModelSettings
@@ -63,6 +61,8 @@ def main() -> None:
 
 
 def prefix_gain(backend: LlamaCppBackend, settings: ModelSettings) -> tuple[float, float]:
+    from llama_cpp import Llama  # after `model`, which sets how llama.cpp's threads wait (model/__init__.py)
+
     llm = Llama(str(backend.model_path), n_ctx=settings.context_tokens, n_threads=settings.threads,
                 n_threads_batch=settings.threads, swa_full=True, verbose=False)
     head, document, tail = build_prompt(HEADLINES[0], tokenizer_count=backend.count_tokens).segments(None)

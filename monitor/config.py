@@ -49,6 +49,49 @@ class PipelineSettings(BaseModel):
     )
 
 
+
+class TrainingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        True, description="Retrain the LoRA adapter on schedule once enough new reviews came in (`sentimon review`)."
+    )
+    schedule: str = Field(
+        "0 3 * * *", description="When to check for new reviews: cron fields minute hour day month weekday, in UTC."
+    )
+    min_new_reviews: int = Field(50, ge=0, description="Reviews since the last training needed to train again.")
+    misfire_grace_seconds: int = Field(
+        3600, ge=1, description="A scheduled run missed by up to this long (daemon busy or stopped) still starts."
+    )
+    adapters_dir: Path | None = Field(
+        None, description="Adapter registry: versions and the `current` pointer (default: <database>-adapters/)."
+    )
+    datasets_dir: Path | None = Field(
+        None, description="Folder with train/team.jsonl, finentity/train.jsonl, dev.jsonl; default: the bundled one."
+    )
+    nice: int = Field(10, ge=0, le=19, description="Niceness of the training process, so ingestion keeps its CPU.")
+    eval_limit: int | None = Field(
+        None, ge=1, description="Development-set records a candidate adapter is scored on (default: all of them)."
+    )
+    lora: dict[str, Any] = Field(
+        {}, description="LoRA settings: rank, alpha, learning_rate, epochs, batch_tokens, threads... (training/lora.py)."
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron_line(cls, schedule: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        fields = schedule.split()
+        # APScheduler 3 counts weekdays from Monday = 0, cron from Sunday = 0: a number would run on the wrong day.
+        if len(fields) == 5 and any(ch.isdigit() for ch in fields[4]):
+            raise ValueError("write the weekday by name (mon-fri, sun), not by number")
+        try:
+            CronTrigger.from_crontab(schedule, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"not a cron line (minute hour day month weekday): {exc}") from None
+        return schedule
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,6 +109,9 @@ class Config(BaseModel):
     http: HttpSettings = Field(default_factory=HttpSettings, description="How feeds and pages are fetched.")
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings, description="Queues, workers and retries.")
     model: ModelSettings = Field(default_factory=ModelSettings, description="The sentiment model.")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="Adapter training from reviews, its schedule and promotion."
+    )
 
     @field_validator("watchlist")
     @classmethod

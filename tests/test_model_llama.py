@@ -33,11 +33,16 @@ PARAGRAPHS = [
 ]
 
 
+# One thread: on a busy two-core machine two llama.cpp threads wait on each other at every step, and spin while
+# they do unless llama_cpp was first imported after `model` (see model/__init__.py), which a test run can't promise.
+THREADS = 1
+
+
 @pytest.fixture(scope="session")
 def backend(tmp_path_factory) -> LlamaCppBackend:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SENTIMON_CACHE", str(tmp_path_factory.mktemp("models")))  # assembles the embedded GGUF
-        return load_backend(ModelSettings())
+        return load_backend(ModelSettings(threads=THREADS))
 
 
 @pytest.fixture(scope="session")
@@ -104,17 +109,16 @@ def test_long_article_is_cut_to_the_token_budget(analyzer, backend):
     assert result.prompt_tokens - backend.head_tokens <= 384 + backend.count_tokens("\nJSON:\n")
 
 
-def write_lora(path: Path, model_path: Path, scale: float) -> Path:
-    """A rank-4 LoRA GGUF on the first layer's attention query projection; scale 0 leaves outputs unchanged."""
-    shapes = {t.name: t.shape for t in gguf.GGUFReader(model_path).tensors}
-    n_in, n_out = (int(n) for n in shapes["blk.0.attn_q.weight"])
+def write_lora(path: Path) -> Path:
+    """A small random rank-4 LoRA GGUF for the embedded model, on the first layer's attention query projection
+    (640 inputs -> 4 heads x 256)."""
     rng = np.random.default_rng(0)
     writer = gguf.GGUFWriter(path, "gemma3")
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", 4.0)
-    writer.add_tensor("blk.0.attn_q.weight.lora_a", rng.standard_normal((4, n_in)).astype(np.float32))
-    writer.add_tensor("blk.0.attn_q.weight.lora_b", (scale * rng.standard_normal((n_out, 4))).astype(np.float32))
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", rng.standard_normal((4, 640)).astype(np.float32))
+    writer.add_tensor("blk.0.attn_q.weight.lora_b", (0.01 * rng.standard_normal((1024, 4))).astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -126,13 +130,11 @@ def test_adapter_hot_swap(analyzer, backend, results, tmp_path):
     def same_as_base(result) -> bool:
         return (result.raw_output, result.entities) == (results[3].raw_output, results[3].entities)
 
+    adapter = str(write_lora(tmp_path / "small.gguf"))
     try:
-        backend.set_adapter(str(write_lora(tmp_path / "zero.gguf", backend.model_path, scale=0.0)))
-        assert backend.adapter == str(tmp_path / "zero.gguf")
-        assert same_as_base(analyzer.analyze(HEADLINES[3]))  # a zero update changes nothing
-        backend.set_adapter(str(write_lora(tmp_path / "small.gguf", backend.model_path, scale=0.01)))
+        backend.set_adapter(adapter)
         tuned = analyzer.analyze(HEADLINES[3])
-        assert tuned.adapter == str(tmp_path / "small.gguf") and not same_as_base(tuned)
+        assert tuned.ok and tuned.adapter == adapter and not same_as_base(tuned)
     finally:
         backend.set_adapter(None)
     assert backend.adapter is None and same_as_base(analyzer.analyze(HEADLINES[3]))
@@ -150,7 +152,7 @@ def test_bad_adapter_is_refused_and_the_current_model_kept(analyzer, backend, re
 
 
 def test_without_grammar_a_cut_answer_fails_validation_twice(backend):
-    settings = ModelSettings(model=str(backend.model_path), grammar=False, max_output_tokens=16)
+    settings = ModelSettings(model=str(backend.model_path), threads=THREADS, grammar=False, max_output_tokens=16)
     result = Analyzer(LlamaCppBackend(settings)).analyze(HEADLINES[0])
     assert not result.ok and result.attempts == 2 and result.entities == []
     assert result.completion_tokens == 32 and result.raw_output.startswith("[")

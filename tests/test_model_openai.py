@@ -69,6 +69,7 @@ class ChatServer:
         self.script: list[str] = []
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.in_flight = self.most_in_flight = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         self.requests.append(await request.json())
@@ -76,8 +77,20 @@ class ChatServer:
         kind = self.script.pop(0) if self.script else "ok"
         if kind == "ok":
             return web.json_response(completion(TOKENS))
+        if kind == "slow":  # holds the request a moment, so concurrent callers overlap
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            await asyncio.sleep(0.05)
+            self.in_flight -= 1
+            return web.json_response(completion(TOKENS))
         if kind == "truncated":
             return web.json_response(completion(TOKENS[:17], finish_reason="length"))
+        if kind == "repeated":  # Apple twice, same category
+            return web.json_response(completion([*TOKENS[:19], '"},', ' {"', *TOKENS[1:19], '"}]']))
+        if kind == "short-logprobs":  # a server whose logprobs stop before its content does
+            reply = completion(TOKENS)
+            reply["choices"][0]["logprobs"]["content"] = reply["choices"][0]["logprobs"]["content"][:20]
+            return web.json_response(reply)
         if kind == "no-logprobs":
             reply = completion(TOKENS)
             reply["choices"][0]["logprobs"] = None
@@ -145,6 +158,15 @@ async def test_cached_prompt_tokens_are_reported(chat_server):
     assert (generation.prompt_tokens, generation.prompt_tokens_evaluated) == (412, 14)
 
 
+async def test_concurrency_is_capped_across_threads(chat_server):
+    server, url = chat_server
+    server.script = ["slow"] * 6
+    analyzer = Analyzer(backend_for(url, concurrency=2))
+    results = await asyncio.gather(*(asyncio.to_thread(analyzer.analyze, ARTICLE) for _ in range(6)))
+    assert all(result.ok for result in results) and len(server.requests) == 6
+    assert server.most_in_flight <= 2
+
+
 async def test_rate_limit_is_retried_then_succeeds(chat_server):
     server, url = chat_server
     server.script = ["429", "503", "ok"]
@@ -160,6 +182,23 @@ async def test_invalid_json_output_is_retried_once_then_reported(chat_server):
     assert result.entities == []
     assert result.raw_output == "".join(TOKENS[:17])
     assert "not valid JSON" in result.error
+
+
+async def test_repeated_mention_counts_once(chat_server):
+    server, url = chat_server
+    server.script = ["repeated"]
+    result = await asyncio.to_thread(Analyzer(backend_for(url)).analyze, ARTICLE)
+    assert result.ok and result.raw_output.count('"Apple"') == 2
+    [apple] = result.entities
+    assert apple.confidence == pytest.approx(share([-0.22, -2.9], [-1.9, -3.1, -4.6]))  # the first one's
+
+
+async def test_probabilities_missing_for_a_mention_fail_validation(chat_server):
+    server, url = chat_server
+    server.script = ["short-logprobs", "short-logprobs"]
+    result = await asyncio.to_thread(Analyzer(backend_for(url)).analyze, ARTICLE)
+    assert not result.ok and result.attempts == 2
+    assert result.error == "2 mentions but token probabilities for 1 polarity values"
 
 
 async def test_server_errors_past_the_retry_budget_name_the_url_and_status(chat_server):

@@ -108,6 +108,8 @@ def test_fixed_head_comes_first_and_is_identical_for_every_article():
 def test_headline_repeated_at_the_start_of_the_body_is_not_doubled():
     prompt = build_prompt("Tesla slides\n\n  Deliveries   missed.", title="Tesla slides", tokenizer_count=words)
     assert prompt.document == "Tesla slides\nDeliveries missed."
+    same = build_prompt("", title="Tesla slides", summary="Tesla slides", tokenizer_count=words)
+    assert same.document == "Tesla slides"
 
 
 def test_long_article_keeps_headline_summary_and_lead_within_budget():
@@ -149,7 +151,7 @@ def test_training_example_is_the_inference_prompt_plus_the_canonical_answer():
     mentions = [EntityMention(entity="Boeing", polarity="-", category="Legal")]
     text = "The FAA grounded Boeing jets."
     prompt, completion = format_training_example(text, mentions, tokenizer_count=words)
-    assert prompt == build_prompt(text, tokenizer_count=words).text(None)
-    assert prompt.endswith("Article:\nThe FAA grounded Boeing jets.\nJSON:\n")
+    assert prompt == build_prompt(text, tokenizer_count=words, tuned=True).text(None)  # what an adapter is given
+    assert prompt == f"{INSTRUCTION}\n\nArticle:\nThe FAA grounded Boeing jets.\nJSON:\n"
     assert completion == '[{"entity": "Boeing", "polarity": "-", "category": "Legal"}]'
     assert parse_output(completion) == mentions

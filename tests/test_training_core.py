@@ -28,17 +28,18 @@ from training.convert import ConversionError, hf_base_dir, load_base_model, load
 from training.export import ExportError, check_export, export_gguf_adapter
 from training.lora import CHECKPOINT_FILE, TrainingError, TrainSettings, completion_loss, lora_model, main, train_lora
 from training.packing import TrainingDataError, TrainingExample, build_pack, encode, plan_batches
+from training.vocab_loss import projected_cross_entropy
 
 DEV_SET = Path(__file__).parents[1] / "datasets" / "dev.jsonl"
 # Two steps per epoch with these examples; a high rate so that four steps visibly teach something.
 TINY = TrainSettings(
-    rank=4, alpha=8, learning_rate=5e-3, warmup_ratio=0, epochs=2, batch_tokens=300, nice=0, checkpoint_every=1
+    rank=4, alpha=8, learning_rate=5e-3, warmup_ratio=0, epochs=2, batch_tokens=200, nice=0, checkpoint_every=1
 )
 
 
-def _records(count: int, max_chars: int) -> list[dict]:
+def _records(count: int, max_chars: int, max_mentions: int) -> list[dict]:
     records = [json.loads(line) for line in DEV_SET.read_text(encoding="utf-8").splitlines()]
-    return [r for r in records if len(r["text"]) <= max_chars and r["extractions"]][:count]
+    return [r for r in records if len(r["text"]) <= max_chars and 1 <= len(r["extractions"]) <= max_mentions][:count]
 
 
 def _mentions(record: dict) -> list[EntityMention]:
@@ -67,9 +68,9 @@ def llama_vocab(base_gguf: Path) -> Llama:
 
 @pytest.fixture(scope="session")
 def short_examples() -> list[TrainingExample]:
-    """Eight headline-sized examples in a short prompt; the first has its category excluded from the loss."""
+    """Eight one-mention headlines in a short prompt; the first has its category excluded from the loss."""
     examples = []
-    for record in _records(8, 110):
+    for record in _records(8, 100, max_mentions=1):
         completion = serialize_mentions(_mentions(record))
         examples.append(TrainingExample(f"Article:\n{record['text']}\nJSON:\n", completion))
     first = examples[0]
@@ -88,7 +89,7 @@ def few_shot_examples(tokenizer) -> list[TrainingExample]:
 
     return [
         TrainingExample(*format_training_example(r["text"], _mentions(r), tokenizer_count=count))
-        for r in _records(3, 200)
+        for r in _records(3, 200, max_mentions=3)
     ]
 
 
@@ -235,6 +236,26 @@ def test_packed_loss_equals_the_examples_run_one_by_one(lora, tokenizer, short_e
             module.sliding_window = original
 
 
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_vocabulary_loss_matches_plain_cross_entropy(softcap: float | None) -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(1000, 16, generator=generator)
+    targets = torch.randint(0, 1000, (300,), generator=generator)  # more than two chunks, the last one partial
+    hidden = torch.randn(300, 16, generator=generator, requires_grad=True)
+    reference_hidden = hidden.detach().clone().requires_grad_()
+    logits = reference_hidden @ weight.T
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = torch.nn.functional.cross_entropy(logits, targets)
+    (2 * expected).backward()
+    loss = projected_cross_entropy(hidden, weight, targets, softcap)
+    (2 * loss).backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(hidden.grad, reference_hidden.grad, atol=1e-6)
+    with pytest.raises(ValueError, match="freeze it"):
+        projected_cross_entropy(hidden, weight.requires_grad_(), targets)
+
+
 # -- training and resuming ------------------------------------------------------------------------------------------
 
 
@@ -290,12 +311,12 @@ def test_command_line_reports_a_bad_examples_file(tmp_path: Path, base_gguf: Pat
 # -- export to llama.cpp --------------------------------------------------------------------------------------------
 
 
-def test_exported_adapter_runs_in_llama_cpp_like_torch(runs, tmp_path: Path, base_gguf: Path, hf_dir: Path,
-                                                       short_examples, few_shot_examples) -> None:  # fmt: skip
+def test_exported_adapter_runs_in_llama_cpp_like_torch(runs, tmp_path: Path, base_gguf: Path, short_examples,
+                                                       few_shot_examples) -> None:  # fmt: skip
     adapter = export_gguf_adapter(runs.straight.adapter_dir, base_gguf, tmp_path / "adapter.gguf")
     probes = [short_examples[1].prompt + short_examples[1].completion,
               few_shot_examples[0].prompt + few_shot_examples[0].completion]  # fmt: skip
-    check = check_export(base_gguf, hf_dir, runs.straight.adapter_dir, adapter, probes, last_tokens=12)
+    check = check_export(runs.straight.adapter_dir, base_gguf, adapter, probes, last_tokens=12)
     assert check.positions == 24
     assert check.base.top1_agreement >= 0.9  # the same weights: Q4 in llama.cpp, dequantized float32 in torch
     assert check.ok, check

@@ -144,14 +144,16 @@ class ExportCheck:
 
 
 def check_export(
-    base_gguf: Path, hf_dir: Path, peft_dir: Path, adapter_gguf: Path, probes: Sequence[str], last_tokens: int = 16
+    peft_dir: Path, base_gguf: Path, adapter_gguf: Path, probes: Sequence[str], *, last_tokens: int = 16
 ) -> ExportCheck:
     """Compare logits at the last `last_tokens` positions of each probe text (BOS is added): llama.cpp running
-    `base_gguf` with and without `adapter_gguf` against torch running the dequantized base in `hf_dir` with
-    and without the peft adapter merged into its weights."""
+    `base_gguf` with and without `adapter_gguf` against torch running the same base dequantized (the cached
+    conversion) with and without the peft adapter in `peft_dir` merged into its weights."""
     from peft import PeftModel
 
-    from training.convert import load_base_model
+    from training.convert import hf_base_dir, load_base_model
+
+    hf_dir = hf_base_dir(Path(base_gguf))
 
     llama_base = _llama_logits(_llama(Path(base_gguf), **_probe_context(probes)), probes, last_tokens)
     llama_adapted = _llama_logits(

@@ -29,15 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import PreTrainedModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import PreTrainedModel
 
-from training.convert import hf_base_dir, load_base_model, load_tokenizer
 from training.attention import use_packed_attention
+from training.convert import hf_base_dir, load_base_model, load_tokenizer
 from training.packing import Pack, TrainingExample, as_example, build_pack, encode, plan_batches
+from training.vocab_loss import projected_cross_entropy
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -54,7 +55,9 @@ class TrainSettings(BaseModel):
 
     rank: int = Field(16, ge=1, description="LoRA rank r of the low-rank update B·A of each adapted matrix.")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha: the update is scaled by alpha / rank.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input during training.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout on the LoRA input during training (above 0 it costs memory and time)."
+    )
     target_modules: tuple[str, ...] = Field(
         LORA_TARGETS, min_length=1, description="Linear layers that get an adapter: attention q/k/v/o and the MLP."
     )
@@ -137,20 +140,12 @@ def train_lora(
 
     torch.manual_seed(settings.seed)
     model = lora_model(load_base_model(hf_dir), settings)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate, weight_decay=settings.weight_decay
-    )
-    warmup = math.ceil(settings.warmup_ratio * len(plan))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _rate_factor(step, warmup, len(plan)))
-
+    optimizer, schedule = _optimizer(model, settings, len(plan))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / CHECKPOINT_FILE
-    losses: list[float] = []
-    if checkpoint.is_file():
-        losses = _resume(checkpoint, fingerprint, model, optimizer, schedule)
-    start = len(losses)
-    stop = min(len(plan), settings.max_steps or len(plan))
+    losses = _resume(checkpoint, fingerprint, model, optimizer, schedule) if checkpoint.is_file() else []
+    start, stop = len(losses), min(len(plan), settings.max_steps or len(plan))
 
     model.train()
     example_tokens, began = 0, time.perf_counter()
@@ -159,26 +154,15 @@ def train_lora(
         for step in range(start, stop):
             epoch, batch = plan[step]
             pack = build_pack([encoded[i] for i in batch])
-            loss = completion_loss(model, pack)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            losses.append(loss.item())
+            losses.append(_train_step(model, optimizer, schedule, pack, settings.max_grad_norm))
             example_tokens += pack.example_tokens
             elapsed = time.perf_counter() - began
-            bar.update(
-                task,
-                advance=1,
-                description=f"LoRA epoch {epoch}/{settings.epochs}",
-                loss=losses[-1],
-                rate=example_tokens / elapsed,
-            )
-            log.write(json.dumps({"step": step + 1, "loss": losses[-1], "lr": schedule.get_last_lr()[0],
-                                  "epoch": epoch, "examples": len(batch), "row_tokens": pack.input_ids.shape[1],
-                                  "example_tokens": pack.example_tokens, "seconds": round(elapsed, 3)}) + "\n")  # fmt: skip
+            rate = example_tokens / elapsed
+            bar.update(task, advance=1, description=f"LoRA epoch {epoch}/{settings.epochs}", loss=losses[-1], rate=rate)
+            entry = {"step": step + 1, "epoch": epoch, "loss": losses[-1], "lr": schedule.get_last_lr()[0],
+                     "examples": len(batch), "row_tokens": pack.input_ids.shape[1],
+                     "example_tokens": pack.example_tokens, "seconds": round(elapsed, 3)}  # fmt: skip
+            log.write(json.dumps(entry) + "\n")
             log.flush()
             if (step + 1) % settings.checkpoint_every == 0 or step + 1 == stop:
                 _save_checkpoint(checkpoint, fingerprint, model, optimizer, schedule, losses)
@@ -187,6 +171,32 @@ def train_lora(
     adapter_dir = out_dir / ADAPTER_DIR
     model.save_pretrained(adapter_dir)
     return TrainResult(adapter_dir, len(losses), len(plan), start, tuple(losses), example_tokens, seconds)
+
+
+def _optimizer(model: PeftModel, settings: TrainSettings, steps: int) -> tuple[torch.optim.Optimizer, LambdaLR]:
+    """AdamW over the LoRA matrices; linear warm-up to the peak rate, then linear decay to zero at the last step."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    warmup = math.ceil(settings.warmup_ratio * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return optimizer, LambdaLR(optimizer, factor)
+
+
+def _train_step(
+    model: PeftModel, optimizer: torch.optim.Optimizer, schedule: LambdaLR, pack: Pack, max_grad_norm: float
+) -> float:
+    loss = completion_loss(model, pack)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
 
 
 def lora_model(base: PreTrainedModel, settings: TrainSettings) -> PeftModel:
@@ -205,7 +215,7 @@ def lora_model(base: PreTrainedModel, settings: TrainSettings) -> PeftModel:
 
 def completion_loss(model: torch.nn.Module, pack: Pack) -> torch.Tensor:
     """Mean cross-entropy of the pack's loss tokens. The decoder runs over the whole row, but the vocabulary
-    projection (262k rows for Gemma) only at the positions that predict a loss token."""
+    projection (262k rows for Gemma) only at the positions that predict a loss token, chunk by chunk."""
     causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
     # No mask per layer type: the decoder builds no (L x L) masks; packed attention makes its own per example.
     no_masks = dict.fromkeys(getattr(causal_lm.config, "layer_types", None) or ["full_attention"])
@@ -216,17 +226,12 @@ def completion_loss(model: torch.nn.Module, pack: Pack) -> torch.Tensor:
         packed_row=pack,
         use_cache=False,
     ).last_hidden_state
-    logits = causal_lm.get_output_embeddings()(hidden[0, pack.predict_at])
-    if cap := getattr(causal_lm.config, "final_logit_softcapping", None):
-        logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits.float(), pack.targets)
-
-
-def _rate_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to the peak rate, then linear decay to zero at the last step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
+    return projected_cross_entropy(
+        hidden[0, pack.predict_at],
+        causal_lm.get_output_embeddings().weight,
+        pack.targets,
+        getattr(causal_lm.config, "final_logit_softcapping", None),
+    )
 
 
 def _fingerprint(settings: TrainSettings, hf_dir: Path, encoded: list[tuple[tuple, tuple]]) -> str:
@@ -237,7 +242,10 @@ def _fingerprint(settings: TrainSettings, hf_dir: Path, encoded: list[tuple[tupl
     return digest.hexdigest()
 
 
-def _save_checkpoint(path: Path, fingerprint: str, model: PeftModel, optimizer, schedule, losses: list[float]) -> None:
+def _save_checkpoint(
+    path: Path, fingerprint: str, model: PeftModel, optimizer: torch.optim.Optimizer, schedule: LambdaLR,
+    losses: list[float],
+) -> None:  # fmt: skip
     state = {
         "fingerprint": fingerprint,
         "lora": get_peft_model_state_dict(model),
@@ -252,7 +260,9 @@ def _save_checkpoint(path: Path, fingerprint: str, model: PeftModel, optimizer, 
     os.replace(partial, path)
 
 
-def _resume(path: Path, fingerprint: str, model: PeftModel, optimizer, schedule) -> list[float]:
+def _resume(
+    path: Path, fingerprint: str, model: PeftModel, optimizer: torch.optim.Optimizer, schedule: LambdaLR
+) -> list[float]:
     try:
         state = torch.load(path, weights_only=False)
     except Exception as exc:  # a torn or foreign file: say which and how to get past it

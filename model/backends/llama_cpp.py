@@ -63,6 +63,8 @@ class LlamaCppBackend:
             handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(lora) if lora else None
             scales = (ctypes.c_float * 1)(1.0) if lora else None
             if llama_cpp.llama_set_adapters_lora(self._llm.ctx, handles, 1 if lora else 0, scales) != 0:
+                if lora:
+                    llama_cpp.llama_adapter_lora_free(lora)
                 raise BackendError(f"llama.cpp could not apply LoRA adapter {path}")
             if self._lora:
                 llama_cpp.llama_adapter_lora_free(self._lora)
@@ -99,7 +101,7 @@ class LlamaCppBackend:
         return lora
 
     def _check_context_fits(self) -> None:
-        head, _, tail = Prompt("", truncated=False).segments(self.chat_template)
+        head, _, tail = Prompt("", truncated=False).segments(self.chat_template)  # the longer, few-shot frame
         fixed = self.count_tokens(head) + self.count_tokens(tail) + 1
         needed = fixed + self._settings.max_input_tokens + self._settings.max_output_tokens
         if needed > self._settings.context_tokens:
@@ -122,7 +124,7 @@ class LlamaCppBackend:
 
     def _warm_head(self) -> None:
         """Evaluate the fixed head once, on its own, so every article continues from the same cached state."""
-        head, _, _ = Prompt("", truncated=False).segments(self.chat_template)
+        head, _, _ = Prompt("", truncated=False, tuned=self.adapter is not None).segments(self.chat_template)
         tokens = self._tokenize_head(head)
         self._llm.eval(tokens)
         self.head_tokens = len(tokens)

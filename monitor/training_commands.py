@@ -1,0 +1,198 @@
+"""`sentimon review`, `sentimon adapters` and `sentimon train`: the training loop from the terminal.
+
+monitor/cli.py registers these commands, and this module uses its helpers (config loading, errors, the console)
+only when a command runs, so that importing either module first works.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any
+
+import duckdb
+import typer
+from rich.table import Table
+
+from storage.db import DatabaseError
+
+review_app = typer.Typer(
+    help="Check and correct the model's extractions, least confident first; reviewed examples train the next adapter.",
+    invoke_without_command=True,
+)
+adapters_app = typer.Typer(help="The adapter registry: trained versions, their scores, the one in use.",
+                           no_args_is_help=True)  # fmt: skip
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Config file (as for every command).")]
+Reviewer = Annotated[str | None, typer.Option(help="Name stored with each decision (default: $USER).")]
+
+
+def _cli() -> ModuleType:
+    from monitor import cli
+
+    return cli
+
+
+@review_app.callback()
+def review(
+    ctx: typer.Context,
+    config_file: ConfigOption = None,
+    reviewer: Reviewer = None,
+    since: Annotated[str, typer.Option(help="Articles first seen this recently: 12h, 7d, 2w.")] = "7d",
+    limit: Annotated[int, typer.Option(min=1, help="At most this many articles in one session.")] = 50,
+) -> None:
+    """Review recent extractions: [a]ccept, [e]dit, [+] add, [-] drop an entity, [s]kip, [q]uit."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from storage.reviews import review_queue
+    from training.review import CHARS_PER_TOKEN, ReviewSession, default_reviewer, ensure_schema
+
+    cli = _cli()
+    config = cli.settings(config_file)
+    start = datetime.now(UTC) - cli.duration(since)
+    database = cli.open_database(config)
+    try:
+        ensure_schema(database)
+        with database.read() as conn:
+            queue = review_queue(conn, start, limit)
+        if not queue:
+            cli.console.print(f"nothing to review: every analysis of the last {since} has been reviewed")
+            return
+        session = ReviewSession(
+            database, reviewer=reviewer or default_reviewer(), console=cli.console,
+            ask=lambda question: cli.console.input(f"{question} > ", markup=False),
+            text_chars=config.model.max_input_tokens * CHARS_PER_TOKEN,
+        )  # fmt: skip
+        tally = session.run(queue)
+    except DatabaseError as exc:
+        raise cli.fail(f"{exc}; decisions made before this one are saved") from None
+    done = ", ".join(f"{count} {decision}" for decision, count in sorted(tally.decisions.items())) or "nothing decided"
+    cli.console.print(f"{done}; {tally.left} left in this session's queue")
+
+
+@review_app.command("export")
+def review_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
+    config_file: ConfigOption = None,
+) -> None:
+    """Write the reviewed examples as JSONL ({"id", "text", "extractions"}), the format `sentimon eval` reads."""
+    from training.review import export_reviews
+
+    cli = _cli()
+    config = cli.settings(config_file)
+    try:
+        count = export_reviews(cli.open_database(config), out)
+    except (DatabaseError, OSError) as exc:
+        raise cli.fail(str(exc)) from None
+    cli.console.print(f"wrote {count} reviewed examples to {out}")
+
+
+@review_app.command("import")
+def review_import(
+    file: Annotated[Path, typer.Argument(help="JSONL of {\"id\", \"text\", \"extractions\"} records.")],
+    config_file: ConfigOption = None,
+    reviewer: Reviewer = None,
+) -> None:
+    """Add reviewed examples from a JSONL file (all of them, or none if any record is unusable)."""
+    from training.review import ReviewImportError, default_reviewer, import_reviews
+
+    cli = _cli()
+    config = cli.settings(config_file)
+    try:
+        added, unchanged = import_reviews(cli.open_database(config), file, reviewer=reviewer or default_reviewer())
+    except (ReviewImportError, DatabaseError) as exc:
+        raise cli.fail(str(exc)) from None
+    already = f" ({unchanged} already stored)" if unchanged else ""
+    cli.console.print(f"imported {added} reviewed examples from {file}{already}")
+
+
+@adapters_app.command("list")
+def adapters_list(config_file: ConfigOption = None) -> None:
+    """Every trained version with its development-set scores, and the one in use."""
+    from training.registry import ADAPTER_FILE, BASE, BUNDLED, RegistryError, registry_for
+
+    cli = _cli()
+    config = cli.settings(config_file)
+    registry = registry_for(config)
+    try:
+        versions, current = registry.versions(), registry.current_label()
+    except RegistryError as exc:
+        raise cli.fail(str(exc)) from None
+    usage = _usage(cli, config)
+    table = Table(title=f"adapters ({registry.root})")
+    columns = ("version", "status", "created", "examples", "entity F1", "ent+pol F1", "valid JSON",
+               "FinEntity ent+pol", "compared with", "analyses", "kept by reviewers")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("version", "status", "compared with") else "right")
+    for m in versions:
+        status = "in use" if m.version == current else ("retired" if m.retired_at else m.decision)
+        baseline = m.baseline or {}
+        live = usage.get(str(registry.root / m.version / ADAPTER_FILE), (None, None))
+        table.add_row(
+            m.version, status, m.created_at.strftime("%Y-%m-%d %H:%M"), str(sum(m.examples.values())),
+            *(_percent(m.metrics, key) for key in ("entity_f1", "entity_polarity_f1", "valid_json_rate")),
+            _percent(m.finentity_metrics, "entity_polarity_f1"),
+            f"{baseline.get('version', '')} {_percent(baseline.get('metrics'), 'entity_f1')}".strip(),
+            "" if live[0] is None else str(live[0]), _percent({"rate": live[1]}, "rate"),
+            style="bold" if m.version == current else None,
+        )  # fmt: skip
+    console = cli.console
+    console.print(table if versions else f"no trained versions in {registry.root} yet (`sentimon train` makes one)")
+    where = {BASE: " (the base model, no adapter)", BUNDLED: f" ({registry.bundled})"}.get(current, "")
+    console.print(f"in use: {current}{where}")
+
+
+@adapters_app.command("rollback")
+def adapters_rollback(
+    version: Annotated[str | None, typer.Argument(help="v003, bundled or base (default: the previous one).")] = None,
+    config_file: ConfigOption = None,
+) -> None:
+    """Switch to the previous adapter, or to the given version. A running daemon follows before its next article."""
+    from training.registry import RegistryError, registry_for
+
+    cli = _cli()
+    try:
+        label = registry_for(cli.settings(config_file)).rollback(version)
+    except RegistryError as exc:
+        raise cli.fail(str(exc)) from None
+    cli.console.print(f"now in use: {label}")
+
+
+def train(
+    config_file: ConfigOption = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps (a rerun resumes).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Passes over the data (default: training.lora's).")] = None,
+    promote: Annotated[bool, typer.Option(help="Promote the candidate if it wins (--no-promote: score only).")] = True,
+    out: Annotated[Path | None, typer.Option(help="Training run directory (default: in the adapter registry).")] = None,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Development records to score (default: all).")] = None,
+    force: Annotated[bool, typer.Option(help="Train even if nothing changed since the last version.")] = False,
+) -> None:
+    """Train a candidate adapter from the reviews and the bundled data, score it, and promote it if it wins."""
+    from training.refresh import RefreshOptions, refresh
+
+    cli = _cli()
+    config = cli.settings(config_file)
+    cli.setup_logging(config.log_level)
+    try:
+        outcome = refresh(config, RefreshOptions(steps, epochs, promote, out, eval_limit, force=force))
+    except (OSError, ValueError, RuntimeError) as exc:  # each of training's errors names what is wrong
+        raise cli.fail(str(exc), 1) from None
+    cli.console.print(outcome.summary)
+
+
+def _usage(cli: ModuleType, config: Any) -> dict[str | None, tuple[int, float | None]]:
+    """adapter file -> (analyses run with it, share of its reviewed answers kept unchanged), from the database."""
+    if not config.database.exists():
+        return {}
+    try:
+        with cli.open_database(config).read() as conn:
+            rows = conn.execute("SELECT adapter, analyses, accepted_rate FROM adapter_usage").fetchall()
+    except (DatabaseError, duckdb.Error):  # an older database without the view: the table goes without those columns
+        return {}
+    return {adapter: (analyses, rate) for adapter, analyses, rate in rows}
+
+
+def _percent(values: dict[str, Any] | None, key: str) -> str:
+    value = (values or {}).get(key)
+    return "" if value is None else f"{value:.1%}"

@@ -1,0 +1,235 @@
+"""The refresh job: train a candidate adapter, score it on the development set, promote it if it wins.
+
+    python -m training.refresh [--config FILE] [--steps N] [--epochs N] [--no-promote] [--out DIR] [--force]
+
+1. Assemble the training data (training/dataset.py): reviewed extractions from the database, the team-written
+   set, the FinEntity training fold. The same data, base model and settings as a version already trained: done.
+2. Train a LoRA adapter (training/lora.py) in `--out` (default <adapters_dir>/runs/<data hash>); a rerun on the
+   same data resumes from its last checkpoint.
+3. Export it for llama.cpp into a new registry version vNNN/ (training/export.py, training/registry.py).
+4. Score the adapter in use (or the base model) and the candidate on the development set with the real analyzer,
+   and the candidate on the held-out FinEntity fold; promote the candidate only if it has the higher entity F1
+   and no lower valid-JSON rate. A running daemon switches to it before its next article.
+
+The process lowers its own priority first (training.nice), so ingestion keeps the CPU it needs. `sentimon train`
+runs this in the foreground with progress bars; the daemon's schedule runs `--background` (no bars, dies with the
+daemon, its outcome printed as one JSON line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rich.progress import MofNCompleteColumn, Progress
+
+from model.analyzer import Analyzer
+from model.embedded import resolve_model_path, sha256_file
+from model.evaluate import EvalRecord, evaluate, load_records
+from monitor.config import Config, ConfigError, load_config
+from storage import reviews
+from storage.db import Database
+from training.dataset import DataSources, TrainingSet, assemble
+from training.export import export_gguf_adapter
+from training.lora import TrainSettings, train_lora
+from training.registry import ADAPTER_FILE, AdapterRegistry, Manifest, beats, registry_for
+from training.review import ensure_schema
+
+log = logging.getLogger("sentimon.training")
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# Settings that change neither what is learned nor how far: a version trained with other values is the same run.
+_RUN_INDEPENDENT = {"threads", "nice", "checkpoint_every", "max_steps"}
+
+
+class RefreshError(RuntimeError):
+    """The refresh can't run as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class RefreshOptions:
+    steps: int | None = None  # stop training after this many steps (a rerun on the same data resumes)
+    epochs: int | None = None  # instead of training.lora's epochs
+    promote: bool = True  # False: evaluate and record, but leave the adapter in use alone
+    run_dir: Path | None = None
+    eval_limit: int | None = None  # development-set records scored (default: training.eval_limit, else all)
+    finentity_limit: int | None = None  # held-out FinEntity records scored (default: all)
+    force: bool = False  # train even if a version was trained on the same data and settings
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    decision: str  # promoted, rejected, pending (won but --no-promote) or unchanged (nothing to train)
+    version: str | None
+    summary: str
+    metrics: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def refresh(config: Config, options: RefreshOptions = RefreshOptions()) -> RefreshOutcome:
+    """Run the whole job in this process, which it makes lower-priority for good (os.nice)."""
+    if config.model.backend != "llama_cpp":
+        raise RefreshError(f'training makes GGUF adapters for backend "llama_cpp", but model.backend is '
+                           f'"{config.model.backend}"')  # fmt: skip
+    settings = train_settings(config, options)
+    os.nice(config.training.nice)
+    sources = DataSources.in_folder(config.training.datasets_dir)
+    registry = registry_for(config)
+    base = resolve_model_path(config.model)
+    base_sha = sha256_file(base)
+    analyzer = Analyzer.from_settings(config.model.model_copy(update={"adapter": None}))
+    data = training_data(config, analyzer, sources)
+    log.info("training data %s: %s examples, %s left out", data.data_hash[:12], data.counts(), data.dropped or "none")
+    done = _trained_before(registry, data.data_hash, base_sha, settings)
+    if done and not options.force:
+        return RefreshOutcome("unchanged", done.version, f"{done.version} was trained on the same data and settings; "
+                              "nothing to do (--force trains again)")  # fmt: skip
+
+    result = train_lora(
+        data.examples, base_gguf=base, out_dir=options.run_dir or registry.root / "runs" / data.data_hash[:16],
+        settings=settings, progress=options.progress,
+    )  # fmt: skip
+    label = registry.reserve()
+    export_gguf_adapter(result.adapter_dir, base, registry.root / label / ADAPTER_FILE)
+    manifest = Manifest(
+        version=label, created_at=datetime.now(UTC), data_hash=data.data_hash, base_model=base.name,
+        base_model_sha256=base_sha, train_settings=settings.model_dump(mode="json"), examples=data.counts(),
+        reviews_through=data.review_watermark, steps_done=result.steps_done, total_steps=result.total_steps,
+    )  # fmt: skip
+    registry.save(manifest)  # on record before the evaluation, so a failure there leaves a visible candidate
+    log.info("trained %s: %d/%d steps, last loss %.4f", label, result.steps_done, result.total_steps, result.losses[-1])
+    return _decide(registry, manifest, analyzer, data, config, options, sources)
+
+
+def train_settings(config: Config, options: RefreshOptions) -> TrainSettings:
+    overrides: dict[str, Any] = {"nice": 0, "max_steps": options.steps}  # the process is niced already
+    if options.epochs is not None:
+        overrides["epochs"] = options.epochs
+    try:
+        return TrainSettings.model_validate({**config.training.lora, **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RefreshError(f"training.lora in the configuration: {problems}") from None
+
+
+def training_data(config: Config, analyzer: Analyzer, sources: DataSources) -> TrainingSet:
+    """The training set, its prompts built with the inference backend's own tokenizer and chat template."""
+    reviewed: list[reviews.ReviewedExample] = []
+    if config.database.exists():
+        database = Database(config.database)
+        ensure_schema(database)
+        with database.read() as conn:
+            reviewed = reviews.reviewed_examples(conn)
+    backend = analyzer.backend
+    return assemble(
+        count_tokens=backend.count_tokens, reviewed=reviewed, sources=sources,
+        template=getattr(backend, "chat_template", None), max_input_tokens=config.model.max_input_tokens,
+    )  # fmt: skip
+
+
+def _trained_before(
+    registry: AdapterRegistry, data_hash: str, base_sha: str, settings: TrainSettings
+) -> Manifest | None:
+    wanted = settings.model_dump(mode="json", exclude=_RUN_INDEPENDENT)
+    for manifest in reversed(registry.versions()):
+        same_settings = {k: v for k, v in manifest.train_settings.items() if k not in _RUN_INDEPENDENT} == wanted
+        finished = manifest.steps_done == manifest.total_steps
+        if manifest.data_hash == data_hash and manifest.base_model_sha256 == base_sha and same_settings and finished:
+            return manifest
+    return None
+
+
+def _decide(
+    registry: AdapterRegistry, manifest: Manifest, analyzer: Analyzer, data: TrainingSet, config: Config,
+    options: RefreshOptions, sources: DataSources,
+) -> RefreshOutcome:  # fmt: skip
+    label = manifest.version
+    dev = load_records(sources.dev)[: options.eval_limit or config.training.eval_limit]
+    baseline_label = registry.current_label()
+    baseline_adapter = registry.resolve(baseline_label)
+    analyzer.backend.set_adapter(str(baseline_adapter.path) if baseline_adapter else None)
+    baseline = _score(analyzer, dev, f"scoring {baseline_label} on the development set", options.progress)
+    analyzer.backend.set_adapter(str(registry.root / label / ADAPTER_FILE))
+    metrics = _score(analyzer, dev, f"scoring {label} on the development set", options.progress)
+    finentity = None
+    if held_out := data.finentity_holdout[: options.finentity_limit]:
+        finentity = _score(analyzer, held_out, f"scoring {label} on held-out FinEntity", options.progress)
+    registry.save(manifest.model_copy(update={"metrics": metrics, "finentity_metrics": finentity,
+                                              "baseline": {"version": baseline_label, "metrics": baseline}}))
+
+    comparison = (
+        f"entity F1 {_percent(metrics['entity_f1'])} vs {_percent(baseline['entity_f1'])} for {baseline_label}, "
+        f"valid JSON {_percent(metrics['valid_json_rate'])} vs {_percent(baseline['valid_json_rate'])} "
+        f"on {len(dev)} development records"
+    )
+    if not beats(metrics, baseline):
+        registry.reject(label, f"does not beat {baseline_label}: {comparison}")
+        decision, summary = "rejected", f"{label} rejected: {comparison}"
+    elif options.promote:
+        registry.promote(label, f"beat {baseline_label}: {comparison}")
+        decision, summary = "promoted", f"{label} promoted: {comparison}"
+    else:
+        decision, summary = "pending", f"{label} would win but was not promoted (--no-promote): {comparison}"
+    return RefreshOutcome(decision, label, summary, metrics, baseline)
+
+
+def _score(analyzer: Analyzer, records: Sequence[EvalRecord], what: str, show: bool) -> dict[str, Any]:
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not show) as bar:
+        task = bar.add_task(what, total=len(records))
+        report = evaluate(analyzer, records, progress=lambda done, _: bar.update(task, completed=done))
+    return report.to_json()
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.refresh", description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, help="sentimon TOML config (default: as `sentimon` finds it)")
+    source.add_argument("--config-json", type=Path, help="a configuration as JSON (what the daemon passes)")
+    parser.add_argument("--steps", type=int, help="stop after this many training steps (a rerun resumes)")
+    parser.add_argument("--epochs", type=int, help="passes over the data, instead of training.lora's")
+    parser.add_argument("--no-promote", dest="promote", action="store_false", help="score only; change nothing in use")
+    parser.add_argument("--out", type=Path, help="training run directory (checkpoints, log, peft adapter)")
+    parser.add_argument("--eval-limit", type=int, help="development records to score (default: all)")
+    parser.add_argument("--finentity-limit", type=int, help="held-out FinEntity records to score (default: all)")
+    parser.add_argument("--force", action="store_true", help="train even if nothing changed since the last version")
+    parser.add_argument("--background", action="store_true", help="no progress bars; die with the parent process")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
+    try:
+        if args.background:
+            from monitor.daemon import die_with_parent
+
+            die_with_parent()
+        if args.config_json:
+            config = Config.model_validate_json(args.config_json.read_text(encoding="utf-8"))
+        else:
+            config = load_config(args.config)
+        options = RefreshOptions(args.steps, args.epochs, args.promote, args.out, args.eval_limit,
+                                 args.finentity_limit, args.force, progress=not args.background)  # fmt: skip
+        outcome = refresh(config, options)
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:  # each of these says what is wrong
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(outcome.to_json()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
