@@ -22,6 +22,7 @@ from scrapers.http import HttpSettings
 
 ENV_PREFIX = "SENTIMON_"
 CONFIG_ENV = "SENTIMON_CONFIG"
+NOT_CONFIG_KEYS = {CONFIG_ENV, "SENTIMON_CACHE"}  # variables of ours that name no config key
 DEFAULT_CONFIG_FILE = Path("sentimon.toml")
 YAHOO_FEED_URL = "https://feeds.finance.yahoo.com/rss/2.0/headline?s={symbols}&region=US&lang=en-US"
 
@@ -172,7 +173,7 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_KEYS:
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
         target = data

@@ -55,6 +55,7 @@ def test_environment_overrides_file(tmp_path):
             "SENTIMON_WATCHLIST": "msft, nvda",
             "SENTIMON_PIPELINE__QUEUE_SIZE": "7",
             "SENTIMON_DATABASE": str(tmp_path / "x.duckdb"),
+            "SENTIMON_CACHE": str(tmp_path / "models"),  # the model cache: not a config key
         },
     )
     assert config.watchlist == ["MSFT", "NVDA"]
