@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+# llama.cpp's worker threads sleep instead of spinning while they wait (much faster on a busy small machine)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install run test demo bench clean
 

@@ -25,7 +25,7 @@ from model.prompt import INSTRUCTION, format_training_example
 from model.schema import EntityMention, serialize_mentions
 from training.attention import use_packed_attention
 from training.convert import ConversionError, hf_base_dir, load_base_model, load_tokenizer
-from training.export import ExportError, check_export, export_gguf_adapter
+from training.export import ExportError, check_export, export_gguf_adapter, tensor_names
 from training.lora import CHECKPOINT_FILE, TrainingError, TrainSettings, completion_loss, lora_model, main, train_lora
 from training.packing import TrainingDataError, TrainingExample, build_pack, encode, plan_batches
 from training.vocab_loss import projected_cross_entropy
@@ -81,8 +81,9 @@ def short_examples() -> list[TrainingExample]:
 
 
 @pytest.fixture(scope="session")
-def few_shot_examples(tokenizer) -> list[TrainingExample]:
-    """Three examples in the real inference prompt (instructions and worked examples first)."""
+def prompt_examples(tokenizer) -> list[TrainingExample]:
+    """Three examples in the prompt training builds (model.prompt.format_training_example: the instruction
+    first, then the article)."""
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -133,11 +134,11 @@ def test_conversion_names_a_missing_model(tmp_path: Path) -> None:
         hf_base_dir(tmp_path / "missing.gguf")
 
 
-def test_tokenizer_matches_llama_cpp(tokenizer, llama_vocab: Llama, few_shot_examples) -> None:
+def test_tokenizer_matches_llama_cpp(tokenizer, llama_vocab: Llama, prompt_examples) -> None:
     texts = [
         "Nvidia's Q3 revenue: $35.1bn (+94% y/y) beat estimates.",
         "  Société Générale ↑ 3,5 % ; 日本郵船 — emoji 🚀 and <b>tags</b>\n\n\tend",
-        *(part for example in few_shot_examples for part in (example.prompt, example.completion)),
+        *(part for example in prompt_examples for part in (example.prompt, example.completion)),
     ]
     for text in texts:
         ours = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -182,16 +183,17 @@ def test_bad_examples_are_named(tokenizer, short_examples, example: TrainingExam
         encode([short_examples[1], example], tokenizer, max_tokens=512)
 
 
-def test_batches_respect_the_token_budget_and_share_the_prompt_prefix(tokenizer, few_shot_examples) -> None:
-    encoded = encode(few_shot_examples * 4, tokenizer, max_tokens=2048)
-    budget = 700
+def test_batches_respect_the_token_budget_and_share_the_prompt_prefix(tokenizer, prompt_examples) -> None:
+    encoded = encode(prompt_examples * 4, tokenizer, max_tokens=2048)
+    instruction_tokens = len(tokenizer(INSTRUCTION, add_special_tokens=False)["input_ids"])
+    budget = 400
     batches = plan_batches(encoded, budget, seed=0, epoch=1)
     assert sorted(i for batch in batches for i in batch) == list(range(len(encoded)))
     assert 1 < len(batches) < len(encoded)
     for batch in batches:
         pack = build_pack([encoded[i] for i in batch])
         assert pack.input_ids.shape[1] <= budget
-        assert pack.shared > 300  # the instructions and worked examples are in the row once
+        assert pack.shared > instruction_tokens  # the instruction is in the row once
         assert pack.example_tokens == sum(len(encoded[i].tokens) for i in batch)
     assert plan_batches(encoded, budget, seed=0, epoch=1) == batches
     assert plan_batches(encoded, budget, seed=0, epoch=2) != batches
@@ -203,7 +205,8 @@ def _separate_losses(model, encoded) -> list[tuple[float, int]]:
     for example in encoded:
         completion = len(example.tokens) - example.prompt_len
         logits = model(input_ids=torch.tensor([example.tokens]), logits_to_keep=completion + 1).logits[0, :-1]
-        losses = torch.nn.functional.cross_entropy(logits, torch.tensor(example.tokens[example.prompt_len :]), reduction="none")
+        targets = torch.tensor(example.tokens[example.prompt_len :])
+        losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
         kept = torch.tensor(example.in_loss)
         results.append((losses[kept].sum().item(), int(kept.sum())))
     return results
@@ -312,10 +315,10 @@ def test_command_line_reports_a_bad_examples_file(tmp_path: Path, base_gguf: Pat
 
 
 def test_exported_adapter_runs_in_llama_cpp_like_torch(runs, tmp_path: Path, base_gguf: Path, short_examples,
-                                                       few_shot_examples) -> None:  # fmt: skip
+                                                       prompt_examples) -> None:  # fmt: skip
     adapter = export_gguf_adapter(runs.straight.adapter_dir, base_gguf, tmp_path / "adapter.gguf")
     probes = [short_examples[1].prompt + short_examples[1].completion,
-              few_shot_examples[0].prompt + few_shot_examples[0].completion]  # fmt: skip
+              prompt_examples[0].prompt + prompt_examples[0].completion]  # fmt: skip
     check = check_export(runs.straight.adapter_dir, base_gguf, adapter, probes, last_tokens=12)
     assert check.positions == 24
     assert check.base.top1_agreement >= 0.9  # the same weights: Q4 in llama.cpp, dequantized float32 in torch
@@ -331,10 +334,21 @@ def test_export_refuses_what_llama_cpp_cannot_express(runs, tmp_path: Path, base
     rslora.mkdir()
     config = json.loads((runs.straight.adapter_dir / "adapter_config.json").read_text())
     (rslora / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
-    (rslora / "adapter_model.safetensors").write_bytes((runs.straight.adapter_dir / "adapter_model.safetensors").read_bytes())
+    weights = (runs.straight.adapter_dir / "adapter_model.safetensors").read_bytes()
+    (rslora / "adapter_model.safetensors").write_bytes(weights)
     with pytest.raises(ExportError, match="can't express use_rslora"):
         export_gguf_adapter(rslora, base_gguf, tmp_path / "a.gguf")
     assert not (tmp_path / "a.gguf").exists()
+
+
+def test_module_names_map_to_llama_cpp_tensor_names() -> None:
+    names = tensor_names("gemma3", 18)
+    assert names.get_name("model.layers.3.self_attn.q_proj") == "blk.3.attn_q"
+    assert names.get_name("model.layers.17.mlp.down_proj") == "blk.17.ffn_down"
+    with pytest.raises(ExportError, match="permutes q/k weights"):
+        tensor_names("llama", 2)
+    with pytest.raises(ExportError, match="does not know architecture 'nonesuch'"):
+        tensor_names("nonesuch", 2)
 
 
 # -- the MLX path, with a stand-in for mlx / mlx-lm (they only run on Apple Silicon) ---------------------------------

@@ -1,8 +1,9 @@
 """Attention over a packed row (training/packing.py) without attending across examples.
 
-A dense (L x L) mask over the whole row would spend most of its work on pairs that are masked out, and a
-row of 16 examples around a 400-token prompt prefix is 2,000 tokens long. This attention computes the
-prefix causally once, then each example's queries against the prefix keys and its own keys only.
+A dense (L x L) mask over the whole row would spend most of its work on pairs that are masked out: a row of
+a dozen examples is 1,000 tokens long, and each example sees only its own ~70 and the shared prefix. This
+attention computes the prefix causally once, then each example's queries against the prefix keys and its
+own keys only.
 
 It is registered with transformers as the attention implementation "sentimon_packed"; a forward pass
 that passes no `packed_row` (generation, evaluation) runs transformers' ordinary sdpa attention.

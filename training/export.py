@@ -3,8 +3,9 @@
 The file follows llama.cpp's convert_lora_to_gguf.py: general.type = "adapter", adapter.type = "lora",
 adapter.lora.alpha, and per adapted weight `<gguf weight name>.lora_a` (peft's lora_A, r x in, ggml
 ne = [in, r]) and `.lora_b` (lora_B, out x r, ne = [r, out]), in float32. llama.cpp computes
-W·x + alpha / r · B·(A·x), peft's own scaling without rsLoRA. Gemma's q/k weights need no permutation
-(only llama-architecture GGUFs permute them) and norm weights are not adapted.
+W·x + alpha / r · B·(A·x), peft's own scaling without rsLoRA. Gemma's q/k weights keep Hugging Face's row
+order in GGUF; llama-architecture GGUFs permute them for their rotary layout, so their adapters would need
+lora_b permuted as well and are refused. Norm weights are not adapted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from safetensors.torch import load_file
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
+_PERMUTED_QK = {"llama"}  # convert_hf_to_gguf.py's LlamaModel reorders q/k rows
 
 
 class ExportError(ValueError):
@@ -37,7 +39,7 @@ def export_gguf_adapter(peft_dir: Path, base_gguf: Path, out_path: Path) -> Path
     peft_dir, out_path = Path(peft_dir), Path(out_path)
     config = _adapter_config(peft_dir)
     arch, blocks = _architecture(Path(base_gguf))
-    names = gguf.get_tensor_name_map(_arch_id(arch), blocks)
+    names = tensor_names(arch, blocks)
     weights = load_file(peft_dir / ADAPTER_WEIGHTS)
 
     tensors: dict[str, np.ndarray] = {}
@@ -93,10 +95,16 @@ def _architecture(base_gguf: Path) -> tuple[str, int]:
     return arch, int(llm.metadata[f"{arch}.block_count"])
 
 
-def _arch_id(arch: str) -> gguf.MODEL_ARCH:
+def tensor_names(arch: str, blocks: int) -> gguf.TensorNameMap:
+    """Hugging Face module name -> GGUF tensor name for a model of this architecture."""
+    if arch in _PERMUTED_QK:
+        raise ExportError(
+            f"the base model is a {arch} model, whose GGUF permutes q/k weights; adapters can be exported "
+            "for architectures that keep them in Hugging Face order (gemma3, qwen2, ...)"
+        )
     for arch_id, name in gguf.MODEL_ARCH_NAMES.items():
         if name == arch:
-            return arch_id
+            return gguf.get_tensor_name_map(arch_id, blocks)
     raise ExportError(f"the gguf package does not know architecture {arch!r}")
 
 

@@ -67,7 +67,7 @@ class TrainSettings(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     epochs: int = Field(2, ge=1, description="Passes over the examples.")
     batch_tokens: int = Field(
-        2048,
+        1024,
         ge=64,
         description="Tokens per optimizer step, the prompt prefix shared by the step's examples counted once.",
     )

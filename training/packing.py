@@ -1,7 +1,7 @@
 """Training examples as tokens, and batches of them packed into one padding-free row.
 
-A batch is one row: the token prefix its examples share (the prompt's instructions and worked examples,
-identical in every prompt) once, then each example's own tokens at the positions it would have alone.
+A batch is one row: the token prefix its examples share (the prompt's instruction, identical in every
+prompt) once, then each example's own tokens at the positions it would have alone.
 Attention (training/attention.py) lets each example see only the prefix and itself, so the loss equals the
 examples' separate losses while the shared prefix is computed once per step instead of once per example.
 """
