@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m bench.ingest` (ingestion throughput) and `python -m bench.model` (the sentiment model)."""
+"""Benchmarks, each run as `python -m bench.<name>`; their figures go to docs/benchmarks.md."""

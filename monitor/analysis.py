@@ -18,7 +18,12 @@ def build_analyzer(config: Config) -> Analyzer:
     from model.analyzer import Analyzer
     from model.linking import EntityLinker
 
+    from training.hotswap import adapter_watch
+
     try:
-        return Analyzer.from_settings(config.model, link=EntityLinker(extra_aliases=config.aliases).link)
+        analyzer = Analyzer.from_settings(config.model, link=EntityLinker(extra_aliases=config.aliases).link)
     except Exception as exc:  # missing file, offline hub, bad GGUF: all mean the same to the user
         raise ModelUnavailable(f"cannot load the model {config.model.model!r}: {exc}") from exc
+    if watch := adapter_watch(config, analyzer):  # start on the registry's promoted adapter, if there is one
+        watch()
+    return analyzer

@@ -9,13 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any
+from typing import Annotated
 
 import duckdb
 import typer
 from rich.table import Table
 
+from monitor.config import Config
 from storage.db import DatabaseError
+from storage.reviews import adapter_usage, review_queue
 
 review_app = typer.Typer(
     help="Check and correct the model's extractions, least confident first; reviewed examples train the next adapter.",
@@ -45,7 +47,6 @@ def review(
     """Review recent extractions: [a]ccept, [e]dit, [+] add, [-] drop an entity, [s]kip, [q]uit."""
     if ctx.invoked_subcommand is not None:
         return
-    from storage.reviews import review_queue
     from training.review import CHARS_PER_TOKEN, ReviewSession, default_reviewer, ensure_schema
 
     cli = _cli()
@@ -127,15 +128,14 @@ def adapters_list(config_file: ConfigOption = None) -> None:
         table.add_column(column, justify="left" if column in ("version", "status", "compared with") else "right")
     for m in versions:
         status = "in use" if m.version == current else ("retired" if m.retired_at else m.decision)
-        baseline = m.baseline or {}
-        live = usage.get(str(registry.root / m.version / ADAPTER_FILE), (None, None))
+        metrics, baseline = m.metrics or {}, m.baseline or {"version": "", "metrics": {}}
+        analyses, kept = usage.get(str(registry.root / m.version / ADAPTER_FILE), ("", None))
         table.add_row(
             m.version, status, m.created_at.strftime("%Y-%m-%d %H:%M"), str(sum(m.examples.values())),
-            *(_percent(m.metrics, key) for key in ("entity_f1", "entity_polarity_f1", "valid_json_rate")),
-            _percent(m.finentity_metrics, "entity_polarity_f1"),
-            f"{baseline.get('version', '')} {_percent(baseline.get('metrics'), 'entity_f1')}".strip(),
-            "" if live[0] is None else str(live[0]), _percent({"rate": live[1]}, "rate"),
-            style="bold" if m.version == current else None,
+            *(_percent(metrics.get(key)) for key in ("entity_f1", "entity_polarity_f1", "valid_json_rate")),
+            _percent((m.finentity_metrics or {}).get("entity_polarity_f1")),
+            f"{baseline['version']} {_percent(baseline['metrics'].get('entity_f1'))}".strip(),
+            str(analyses), _percent(kept), style="bold" if m.version == current else None,
         )  # fmt: skip
     console = cli.console
     console.print(table if versions else f"no trained versions in {registry.root} yet (`sentimon train` makes one)")
@@ -181,18 +181,16 @@ def train(
     cli.console.print(outcome.summary)
 
 
-def _usage(cli: ModuleType, config: Any) -> dict[str | None, tuple[int, float | None]]:
+def _usage(cli: ModuleType, config: Config) -> dict[str | None, tuple[int, float | None]]:
     """adapter file -> (analyses run with it, share of its reviewed answers kept unchanged), from the database."""
     if not config.database.exists():
         return {}
     try:
         with cli.open_database(config).read() as conn:
-            rows = conn.execute("SELECT adapter, analyses, accepted_rate FROM adapter_usage").fetchall()
+            return adapter_usage(conn)
     except (DatabaseError, duckdb.Error):  # an older database without the view: the table goes without those columns
         return {}
-    return {adapter: (analyses, rate) for adapter, analyses, rate in rows}
 
 
-def _percent(values: dict[str, Any] | None, key: str) -> str:
-    value = (values or {}).get(key)
+def _percent(value: float | None) -> str:
     return "" if value is None else f"{value:.1%}"

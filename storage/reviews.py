@@ -143,3 +143,9 @@ def import_reviews(
     for review in added:
         store_review(conn, review, now)
     return len(added), len(reviews) - len(added)
+
+
+def adapter_usage(conn: duckdb.DuckDBPyConnection) -> dict[str | None, tuple[int, float | None]]:
+    """Adapter file (None: base model) -> (analyses run with it, share of its reviewed answers kept unchanged)."""
+    rows = conn.execute("SELECT adapter, analyses, accepted_rate FROM adapter_usage").fetchall()
+    return {adapter: (analyses, kept) for adapter, analyses, kept in rows}

@@ -80,8 +80,8 @@ def test_sources_are_merged_without_dev_text_or_duplicates(sources: DataSources)
     assert data.dropped == {"dev_overlap": 3, "duplicate": 1}  # team-2, team-3, the upper-case review; team-4
     assert data.review_watermark == 9
     assert data.examples[0].completion == json.dumps([extraction("Pfizer", "~", "Recruitment")])
-    # Prompts are the inference prompt, byte for byte.
-    assert data.examples[0].prompt == build_prompt(texts[0], tokenizer_count=count_words).text(None)
+    # Prompts are the inference prompt of an adapter, byte for byte.
+    assert data.examples[0].prompt == build_prompt(texts[0], tokenizer_count=count_words, tuned=True).text(None)
 
 
 def test_finentity_categories_are_placeholders_kept_out_of_the_loss(sources: DataSources) -> None:

@@ -5,6 +5,7 @@ switches adapters between two articles; the schedule runs the job in a child pro
 The refresh runs once per module (about a minute or two on 2 cores); the tests read what it left."""
 
 import asyncio
+import fcntl
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from model.backends.llama_cpp import LlamaCppBackend
 from model.settings import ModelSettings
 from monitor.cli import app
 from monitor.config import Config, PipelineSettings, TrainingSettings
-from monitor.pipeline import Pipeline
+from monitor.pipeline import AnalysisJob, Pipeline
 from scrapers.canonical import canonical_url
 from scrapers.feeds import FeedItem
 from scrapers.http import HttpClient
@@ -57,6 +58,7 @@ def config_for(root: Path, **training) -> Config:
     return Config(
         database=root / "s.duckdb",
         pipeline=PipelineSettings(write_interval_seconds=0.05),
+        model=ModelSettings(max_output_tokens=64),  # bounds the time a barely trained adapter may ramble
         training=TrainingSettings(adapters_dir=root / "adapters", datasets_dir=root / "datasets", nice=0,
                                   lora=TINY_LORA, **training),
     )  # fmt: skip
@@ -109,13 +111,13 @@ def test_refresh_trains_scores_and_decides(tiny, refreshed) -> None:
     assert [m.version for m in registry.versions()] == ["v001"]
 
 
-def story(conn, number: int, text: str):
+def stored_story(conn, number: int, text: str) -> AnalysisJob:
     url = f"https://news.example.com/swap-{number}"
     item = FeedItem(url, canonical_url(url), None, text, "", datetime.now(UTC), (), "http://feeds/x")
     (ref,) = writes.accept_items(conn, [item], datetime.now(UTC))
     version = writes.store_page(conn, ref.id, datetime.now(UTC), final_url=url, title=None, body=text, author=None,
                                 published_at=None, simhash=None, duplicate_of=None)  # fmt: skip
-    return ref, version
+    return AnalysisJob(ref, version, None, text)
 
 
 class HeldAnalyzer(Analyzer):
@@ -145,23 +147,23 @@ async def test_the_analyze_stage_switches_adapters_between_articles(tiny, refres
             pipeline = Pipeline(config, writer, http, cpu, analyzer=held, model_thread=model_thread,
                                 before_analysis=adapter_watch(config, held))  # fmt: skip
             await pipeline.start()
-            stories = [await writer.submit(partial(story, number=i, text=t)) for i, t in enumerate(texts)]
+            jobs = [await writer.submit(partial(stored_story, number=i, text=t)) for i, t in enumerate(texts)]
 
-            await pipeline.analyze_queue.put(stories[0])  # in flight on the base model ...
-            await asyncio.to_thread(held.started.wait)
+            await pipeline.analyze_queue.put(jobs[0])  # in flight on the base model ...
+            assert await asyncio.to_thread(held.started.wait, 600), "the analyze stage never started the article"
             registry.rollback("v001")  # ... when v001 is put in use
             held.go.set()
-            await pipeline.drain()
-            await pipeline.analyze_queue.put(stories[1])  # the next article runs on v001
-            await pipeline.drain()
+            await asyncio.wait_for(pipeline.drain(), 600)
+            await pipeline.analyze_queue.put(jobs[1])  # the next article runs on v001
+            await asyncio.wait_for(pipeline.drain(), 600)
             registry.rollback("base")
-            await pipeline.analyze_queue.put(stories[2])
-            await pipeline.drain()
+            await pipeline.analyze_queue.put(jobs[2])
+            await asyncio.wait_for(pipeline.drain(), 600)
             await pipeline.stop(grace=5)
     with Database(config.database).read() as conn:
         recorded = conn.execute("SELECT story_id, adapter FROM analyses ORDER BY story_id").fetchall()
     v001 = str(registry.root / "v001" / ADAPTER_FILE)
-    assert recorded == [(stories[0][0].id, None), (stories[1][0].id, v001), (stories[2][0].id, None)]
+    assert recorded == [(jobs[0].story.id, None), (jobs[1].story.id, v001), (jobs[2].story.id, None)]
     assert analyzer.backend.adapter is None and isinstance(analyzer.backend, LlamaCppBackend)
 
 
@@ -189,6 +191,9 @@ def test_schedule_is_a_single_instance_cron_job() -> None:
     assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 600)
     fields = {f.name: str(f) for f in job.trigger.fields}
     assert (fields["minute"], fields["hour"], fields["day_of_week"]) == ("30", "2", "mon-fri")
+    remote = AsyncIOScheduler(timezone="UTC")
+    schedule_training(remote, config.model_copy(update={"model": ModelSettings(backend="openai")}), writer=None)
+    assert remote.get_jobs() == [], "a server backend loads no GGUF adapters: nothing to train for"
 
 
 def test_refresh_refuses_what_it_cannot_train(tmp_path: Path) -> None:
@@ -196,6 +201,12 @@ def test_refresh_refuses_what_it_cannot_train(tmp_path: Path) -> None:
         refresh(Config(model=ModelSettings(backend="openai")))
     with pytest.raises(RefreshError, match=r"training.lora in the configuration: rank: Input should be greater"):
         refresh(config_for(tmp_path).model_copy(update={"training": TrainingSettings(lora={"rank": 0})}))
+    locked = config_for(tmp_path)
+    locked.training.adapters_dir.mkdir(parents=True)
+    with (locked.training.adapters_dir / "training.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a training already running on this registry
+        with pytest.raises(RefreshError, match="another training is running"):
+            refresh(locked)
     config = tmp_path / "sentimon.toml"
     config.write_text(tomli_w.dumps({"database": str(tmp_path / "s.duckdb"), "training": {"lora": {"ranks": 4}}}))
     result = CliRunner().invoke(app, ["train", "--config", str(config)])

@@ -8,7 +8,10 @@ import pytest
 import tomli_w
 from typer.testing import CliRunner
 
+from model.analyzer import AnalysisResult
 from monitor.cli import app
+from storage import reviews, writes
+from storage.db import Database
 from training.registry import (
     ADAPTER_FILE, MANIFEST_FILE, AdapterRegistry, Manifest, RegistryError, beats,
 )  # fmt: skip
@@ -32,6 +35,17 @@ def add_version(registry: AdapterRegistry, entity_f1: float, *, reviews_through:
         baseline={"version": "base", "metrics": metrics(0.4)},
     ))  # fmt: skip
     return label
+
+
+def in_production(database: Database, adapter: str, decisions: list[str]) -> None:
+    """Analyses run with `adapter`, one more than `decisions`, and a reviewer's decision on each of the others."""
+    result = AnalysisResult([], True, None, "[]", "embedded:test", adapter, "1", 1.0, 1, 1, 1)
+    with database.write() as conn:
+        for index in range(len(decisions) + 1):
+            analysis_id = writes.store_analysis(conn, index + 1, 1, result, datetime.now(UTC))
+            if index < len(decisions):
+                reviews.store_review(conn, reviews.Review(f"news-{index}", "text", [], decisions[index], "t",
+                                                          index + 1, analysis_id), datetime.now(UTC))  # fmt: skip
 
 
 @pytest.fixture
@@ -122,11 +136,14 @@ def test_adapters_commands(tmp_path: Path) -> None:
     registry = AdapterRegistry(tmp_path / "adapters")
     registry.promote(add_version(registry, 0.5), "beat base")
     registry.promote(add_version(registry, 0.625), "beat v001")
+    in_production(Database(tmp_path / "s.duckdb"), str(registry.root / "v002" / ADAPTER_FILE), ["accepted", "corrected"])
 
     listed = runner.invoke(app, ["adapters", "list", "--config", str(config)])
     assert listed.exit_code == 0, listed.output
-    rows = {line.split("│")[1].strip(): line for line in listed.output.splitlines() if "│ v00" in line}
-    assert "in use" in rows["v002"] and "62.5%" in rows["v002"] and "retired" in rows["v001"]
+    rows = {line.split("│")[1].strip(): line.split("│") for line in listed.output.splitlines() if "│ v00" in line}
+    assert "in use" in rows["v002"][2] and "62.5%" in rows["v002"][5] and "retired" in rows["v001"][2]
+    assert [cell.strip() for cell in rows["v002"][-3:-1]] == ["3", "50.0%"], "3 analyses, 1 of 2 reviewed kept"
+    assert [cell.strip() for cell in rows["v001"][-3:-1]] == ["", ""]
     assert "in use: v002" in listed.output
 
     back = runner.invoke(app, ["adapters", "rollback", "--config", str(config)])

@@ -41,6 +41,7 @@ from training.packing import TrainingExample
 DATASETS = Path(__file__).parents[1] / "datasets"
 PLACEHOLDER_CATEGORY = "Business"  # stands in for FinEntity's missing categories; kept out of the loss
 MIN_OVERLAP_CHARS = 30  # a shorter normalized text inside another is a coincidence ("apple shares rose")
+LeftOut = str  # why a record can't be trained on, counted in TrainingSet.dropped
 _CATEGORY_VALUE = re.compile(r'"category": "([^"]*)"')
 _NOT_WORD = re.compile(r"[\W_]+")
 
@@ -122,7 +123,7 @@ def assemble(
     seen: set[str] = set()
     kept: list[SourceRecord] = []
     for record in candidates:
-        if isinstance(record, str):  # the reason it can't be used
+        if isinstance(record, LeftOut):
             dropped[record] += 1
             continue
         key = normalize_text(record.text)
@@ -161,7 +162,7 @@ def category_spans(completion: str) -> tuple[tuple[int, int], ...]:
     return tuple(match.span(1) for match in _CATEGORY_VALUE.finditer(completion))
 
 
-def _from_review(example: ReviewedExample) -> SourceRecord | str:
+def _from_review(example: ReviewedExample) -> SourceRecord | LeftOut:
     try:
         mentions = tuple(EntityMention.model_validate(item) for item in example.extractions)
     except ValidationError:
@@ -169,7 +170,7 @@ def _from_review(example: ReviewedExample) -> SourceRecord | str:
     return _bounded(SourceRecord(example.record_id, "review", example.text, mentions, categories_known=True))
 
 
-def _from_eval_record(record: EvalRecord, source: str) -> SourceRecord | str:
+def _from_eval_record(record: EvalRecord, source: str) -> SourceRecord | LeftOut:
     entities = record.entities
     if not record.has_categories:  # FinEntity: in text order, sectors left out
         named = (e for e in entities if any(c.isupper() for c in e.entity))
@@ -184,7 +185,7 @@ def _from_eval_record(record: EvalRecord, source: str) -> SourceRecord | str:
     return _bounded(SourceRecord(record.id, source, record.text, mentions, record.has_categories))
 
 
-def _bounded(record: SourceRecord) -> SourceRecord | str:
+def _bounded(record: SourceRecord) -> SourceRecord | LeftOut:
     """Longer lists than the output schema allows would teach the model to break it."""
     return record if len(record.mentions) <= MAX_MENTIONS else "too_many_mentions"
 

@@ -1,10 +1,13 @@
 """LoRA training on Apple Silicon with mlx-lm's tuner, saving an adapter in mlx-lm's format.
 
-Import this module only where mlx-lm is installed (macOS on Apple Silicon). The examples are tokenized
-exactly as for torch (training/packing.py) and the loss skips the same tokens: the prompt and the
-excluded completion spans. mlx-lm's trainer runs the steps with its own batching (length-sorted, padded)
-and saves `adapters.safetensors` + `adapter_config.json`, which `mlx_lm.load(model, adapter_path=dir)`
-reads. Unlike the torch trainer it keeps no optimizer state, so an interrupted run starts over.
+Import this module only where mlx-lm is installed (macOS on Apple Silicon); it shares the settings and
+the tokenization of the torch trainer, so torch and transformers must be installed as well. The examples
+are tokenized exactly as for torch (training/packing.py) and the loss skips the same tokens: the prompt and
+the excluded completion spans. mlx-lm's trainer runs the steps with its own batching (length-sorted,
+padded) and saves `adapters.safetensors` + `adapter_config.json`, which `mlx_lm.load(model,
+adapter_path=dir)` reads. Unlike the torch trainer it keeps no optimizer state: an interrupted run starts
+over. Written against mlx-lm's tuner API (train(model, optimizer, train_dataset, val_dataset, args, loss,
+iterate_batches, training_callback)); tested here with stand-in modules only.
 """
 
 from __future__ import annotations

@@ -11,20 +11,22 @@
    and the candidate on the held-out FinEntity fold; promote the candidate only if it has the higher entity F1
    and no lower valid-JSON rate. A running daemon switches to it before its next article.
 
-The process lowers its own priority first (training.nice), so ingestion keeps the CPU it needs. `sentimon train`
-runs this in the foreground with progress bars; the daemon's schedule runs `--background` (no bars, dies with the
-daemon, its outcome printed as one JSON line).
+One training runs per registry at a time. The process lowers its own priority first (training.nice), so
+ingestion keeps the CPU it needs. `sentimon train` runs this in the foreground with progress bars; the daemon's
+schedule runs `--background` (no bars, dies with the daemon, its outcome printed as one JSON line).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +49,7 @@ from training.review import ensure_schema
 
 log = logging.getLogger("sentimon.training")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOCK_FILE = "training.lock"
 # Settings that change neither what is learned nor how far: a version trained with other values is the same run.
 _RUN_INDEPENDENT = {"threads", "nice", "checkpoint_every", "max_steps"}
 
@@ -85,9 +88,16 @@ def refresh(config: Config, options: RefreshOptions = RefreshOptions()) -> Refre
         raise RefreshError(f'training makes GGUF adapters for backend "llama_cpp", but model.backend is '
                            f'"{config.model.backend}"')  # fmt: skip
     settings = train_settings(config, options)
-    os.nice(config.training.nice)
-    sources = DataSources.in_folder(config.training.datasets_dir)
     registry = registry_for(config)
+    with _only_training(registry.root):
+        os.nice(config.training.nice)
+        return _refresh(config, options, settings, registry)
+
+
+def _refresh(
+    config: Config, options: RefreshOptions, settings: TrainSettings, registry: AdapterRegistry
+) -> RefreshOutcome:
+    sources = DataSources.in_folder(config.training.datasets_dir)
     base = resolve_model_path(config.model)
     base_sha = sha256_file(base)
     analyzer = Analyzer.from_settings(config.model.model_copy(update={"adapter": None}))
@@ -98,10 +108,8 @@ def refresh(config: Config, options: RefreshOptions = RefreshOptions()) -> Refre
         return RefreshOutcome("unchanged", done.version, f"{done.version} was trained on the same data and settings; "
                               "nothing to do (--force trains again)")  # fmt: skip
 
-    result = train_lora(
-        data.examples, base_gguf=base, out_dir=options.run_dir or registry.root / "runs" / data.data_hash[:16],
-        settings=settings, progress=options.progress,
-    )  # fmt: skip
+    result = train_lora(data.examples, base_gguf=base, out_dir=_run_dir(registry, data.data_hash, options),
+                        settings=settings, progress=options.progress)  # fmt: skip
     label = registry.reserve()
     export_gguf_adapter(result.adapter_dir, base, registry.root / label / ADAPTER_FILE)
     manifest = Manifest(
@@ -112,6 +120,28 @@ def refresh(config: Config, options: RefreshOptions = RefreshOptions()) -> Refre
     registry.save(manifest)  # on record before the evaluation, so a failure there leaves a visible candidate
     log.info("trained %s: %d/%d steps, last loss %.4f", label, result.steps_done, result.total_steps, result.losses[-1])
     return _decide(registry, manifest, analyzer, data, config, options, sources)
+
+
+@contextlib.contextmanager
+def _only_training(root: Path) -> Iterator[None]:
+    """One training per registry at a time: a second one (the schedule while `sentimon train` runs) stops at once.
+    The lock goes with the process, however it ends."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RefreshError(f"another training is running on {root}; try again when it is done") from None
+        yield
+
+
+def _run_dir(registry: AdapterRegistry, data_hash: str, options: RefreshOptions) -> Path:
+    """Where training keeps checkpoints: one folder per training set, so a rerun on the same data resumes where
+    the last one stopped; --force starts afresh."""
+    if options.run_dir is not None:
+        return options.run_dir
+    fresh = datetime.now(UTC).strftime("-%Y%m%dT%H%M%S") if options.force else ""
+    return registry.root / "runs" / f"{data_hash[:16]}{fresh}"
 
 
 def train_settings(config: Config, options: RefreshOptions) -> TrainSettings:

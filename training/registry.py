@@ -31,7 +31,7 @@ MANIFEST_FILE = "manifest.json"
 POINTER_FILE = "current"
 BUNDLED = "bundled"
 BASE = "base"
-# The default adapter shipped with sentimon (its metrics, if any, in default.json next to it).
+# The default adapter shipped with sentimon, in use while the registry has no `current` pointer.
 BUNDLED_ADAPTER = Path(__file__).parents[1] / "model" / "adapters" / "default.gguf"
 _VERSION = re.compile(r"^v(\d{3,})$")
 

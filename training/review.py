@@ -55,7 +55,6 @@ class ReviewImportError(ValueError):
 class ReviewTally:
     decisions: Counter[str] = field(default_factory=Counter)  # accepted / corrected / skipped -> count
     left: int = 0  # articles of the queue not decided (quit early)
-    review_ids: list[int] = field(default_factory=list)
 
 
 def default_reviewer() -> str:
@@ -95,7 +94,7 @@ class ReviewSession:
                 tally.left = len(queue) - position + 1
                 break
             with self.database.write() as conn:
-                tally.review_ids.append(reviews.store_review(conn, review, datetime.now(UTC)))
+                reviews.store_review(conn, review, datetime.now(UTC))
             tally.decisions[review.decision] += 1
             self.console.print(f"[green]saved[/] ({review.decision})")
         return tally
@@ -122,7 +121,7 @@ class ReviewSession:
                 elif key == "-":
                     del draft[self._index(draft, "drop")]
                 else:
-                    raise InputError(f"{key or 'an empty line'!r} is not a choice; type one of {KEYS}")
+                    raise InputError(f"{repr(key) if key else 'an empty line'} is not a choice; type one of {KEYS}")
             except InputError as exc:
                 self.console.print(f"[red]{escape(str(exc))}[/]", highlight=False)
                 continue
@@ -130,13 +129,14 @@ class ReviewSession:
 
     def _edit(self, draft: list[Mention]) -> None:
         mention = draft[self._index(draft, "edit")]
-        mention["polarity"] = parse_polarity(
+        polarity = parse_polarity(
             self.ask(f"polarity of {mention['entity']} ({POLARITY_HELP}; Enter keeps {mention['polarity']})"),
             keep=mention["polarity"],
         )
-        mention["category"] = parse_category(
+        category = parse_category(
             self.ask(f"category ({category_menu()}; Enter keeps {mention['category']})"), keep=mention["category"]
         )
+        mention.update(polarity=polarity, category=category)
 
     def _new_mention(self, text: str, draft: list[Mention]) -> Mention:
         name = self.ask("entity, as written in the text").strip()
@@ -214,8 +214,11 @@ def export_reviews(database: Database, out: Path) -> int:
     lines = [json.dumps({"id": e.record_id, "text": e.text, "extractions": e.extractions}, ensure_ascii=False)
              for e in examples]  # fmt: skip
     partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
-    partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(partial, out)
+    try:
+        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
     return len(lines)
 
 

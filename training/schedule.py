@@ -28,6 +28,9 @@ CONFIG_FILE = "refresh-config.json"  # the daemon's effective configuration, for
 
 def schedule_training(scheduler: BaseScheduler, config: Config, writer: StoreWriter) -> None:
     settings = config.training
+    if config.model.backend != "llama_cpp":
+        log.warning('training.enabled, but training makes adapters for backend "llama_cpp" only: not scheduled')
+        return
     scheduler.add_job(
         train_if_due,
         CronTrigger.from_crontab(settings.schedule, timezone="UTC"),
