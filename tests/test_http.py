@@ -1,7 +1,6 @@
 """HttpClient against a real loopback server: headers, retries, redirects, size cap, time-out, politeness."""
 
 import asyncio
-import dataclasses
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -88,7 +87,7 @@ async def test_retry_after_is_honoured_up_to_backoff_max(
             return web.Response(status=status, headers={"Retry-After": retry_after})
         return web.Response(text="finally")
 
-    settings = dataclasses.replace(fast_settings, backoff_max_seconds=backoff_max)
+    settings = fast_settings.model_copy(update=dict(backoff_max_seconds=backoff_max))
     async with server_with(("/busy", busy_once)) as server, HttpClient(settings) as client:
         resp = await client.get(server.base_url + "/busy")
     assert resp.body == b"finally"
@@ -198,7 +197,7 @@ async def test_a_server_that_never_answers_times_out(fast_settings):
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    settings = dataclasses.replace(fast_settings, timeout_seconds=0.3, max_retries=1)
+    settings = fast_settings.model_copy(update=dict(timeout_seconds=0.3, max_retries=1))
     async with server_with(("/silent", silent)) as server, HttpClient(settings) as client:
         with pytest.raises(FetchError, match="timed out") as caught:
             await client.get(server.base_url + "/silent")
@@ -234,7 +233,7 @@ async def test_per_host_concurrency_is_bounded(fast_settings):
         in_flight -= 1
         return web.Response(text="ok")
 
-    settings = dataclasses.replace(fast_settings, per_host_concurrency=2)
+    settings = fast_settings.model_copy(update=dict(per_host_concurrency=2))
     async with server_with(("/slow", slow)) as server, HttpClient(settings) as client:
         await asyncio.gather(*(client.get(server.base_url + "/slow") for _ in range(6)))
     assert peak == 2
@@ -247,7 +246,7 @@ async def test_per_host_rate_spaces_request_starts(fast_settings):
         seen.note(request)
         return web.Response(text="ok")
 
-    settings = dataclasses.replace(fast_settings, per_host_rate=10.0)
+    settings = fast_settings.model_copy(update=dict(per_host_rate=10.0))
     async with server_with(("/quick", quick)) as server, HttpClient(settings) as client:
         await asyncio.gather(*(client.get(server.base_url + "/quick") for _ in range(5)))
     # 5 starts at 10/s span 0.4 s; unthrottled they arrive within milliseconds. The slack absorbs a loaded machine.
