@@ -60,7 +60,10 @@ def _attend(
     dropout: float,
     scaling: float | None,
 ) -> torch.Tensor:
-    """Queries of the `own` span against keys of `prefix` followed by `own`, causally by position."""
+    """Queries of the `own` span against keys of `prefix` followed by `own`, causally by position.
+
+    Plain matmul-softmax-matmul: for these small blocks it is faster than torch's CPU flash attention, whose
+    backward pass is slow at this size, and it handles grouped-query heads by regrouping the queries."""
     keys = torch.cat([key[:, :, prefix], key[:, :, own]], dim=2)
     values = torch.cat([value[:, :, prefix], value[:, :, own]], dim=2)
     query_pos = positions[own][:, None]
@@ -68,9 +71,13 @@ def _attend(
     allowed = key_pos <= query_pos
     if window:
         allowed &= query_pos - key_pos < window
-    return F.scaled_dot_product_attention(
-        query[:, :, own], keys, values, attn_mask=allowed, dropout_p=dropout, scale=scaling, enable_gqa=True
-    )
+    batch, heads, length, dim = query[:, :, own].shape
+    groups = heads // keys.shape[1]  # query heads per key/value head, in order
+    grouped = query[:, :, own].reshape(batch, keys.shape[1], groups * length, dim)
+    scores = (grouped @ keys.transpose(-1, -2)) * (dim**-0.5 if scaling is None else scaling)
+    scores = scores.masked_fill(~allowed.repeat(groups, 1), float("-inf"))
+    weights = F.dropout(scores.softmax(dim=-1), p=dropout, training=dropout > 0)
+    return (weights @ values).reshape(batch, heads, length, dim)
 
 
 def use_packed_attention(model: PreTrainedModel) -> None:
