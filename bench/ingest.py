@@ -388,6 +388,8 @@ class IngestResult:
     cpu_workers_ms: float  # the daemon's extraction processes
     cpu_server_ms: float  # the loopback server (not charged to the daemon, but sharing its cores)
     cpu_bound_ms: float  # bare trafilatura's workers
+    # bound CPU / (daemon + workers) CPU: the ratio 2 cores to ourselves would give, whatever else ran alongside
+    cpu_ratio: float
     machine: Machine
 
 
@@ -406,6 +408,7 @@ def run_benchmark(tickers: int, stories_per_ticker: int, single_process_pages: i
     wall = run.finished_at - served["first_feed_at"]
     rate = run.stored / wall
     per_article_ms = 1000 / run.stored
+    cpu_bound_ms = bound.workers_cpu_s * 1000 / bound.pages
     return IngestResult(
         tickers=tickers,
         stories_per_ticker=stories_per_ticker,
@@ -427,7 +430,8 @@ def run_benchmark(tickers: int, stories_per_ticker: int, single_process_pages: i
         cpu_main_ms=run.cpu_s * per_article_ms,
         cpu_workers_ms=run.workers_cpu_s * per_article_ms,
         cpu_server_ms=(served["cpu_s"] - server_cpu_before) * per_article_ms,
-        cpu_bound_ms=bound.workers_cpu_s * 1000 / bound.pages,
+        cpu_bound_ms=cpu_bound_ms,
+        cpu_ratio=cpu_bound_ms / ((run.cpu_s + run.workers_cpu_s) * per_article_ms),
         machine=machine(),
     )
 
@@ -438,7 +442,10 @@ COLUMNS = (
     "tickers", "articles", "near copies", "wall s", "articles/s", f"bound articles/s ({EXTRACT_PROCESSES} proc)",
     "bound articles/s (1 proc)", "ratio", "loop lag p50/p99/max ms", "peak RSS main/children MB",
 )
-CPU_COLUMNS = ("daemon process", "extraction workers", "loopback server", "bare trafilatura workers")
+CPU_COLUMNS = (
+    "daemon process", "extraction workers", "loopback server", "bare trafilatura workers",
+    "CPU-time ratio (bound / daemon+workers)",
+)
 
 
 def rows(result: IngestResult) -> tuple[list[str], list[str]]:
@@ -456,6 +463,7 @@ def rows(result: IngestResult) -> tuple[list[str], list[str]]:
         f"{result.rss_main_mb:.0f} / {result.rss_children_mb:.0f}",
     ]
     cpu = [f"{ms:.1f}" for ms in (result.cpu_main_ms, result.cpu_workers_ms, result.cpu_server_ms, result.cpu_bound_ms)]
+    cpu.append(f"{result.cpu_ratio:.2f}")
     return main, cpu
 
 
@@ -467,7 +475,8 @@ def markdown(result: IngestResult) -> str:
 
 
 def tables(result: IngestResult) -> list[Table]:
-    main, cpu = Table(title=f"ingestion, {result.machine.describe()}"), Table(title="CPU ms per article")
+    main = Table(title=f"ingestion, {result.machine.describe()}")
+    cpu = Table(title="CPU time per stored article, ms")
     for view, columns, values in zip((main, cpu), (COLUMNS, CPU_COLUMNS), rows(result)):
         for column in columns:
             view.add_column(column, justify="right")

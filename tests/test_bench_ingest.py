@@ -127,4 +127,5 @@ def test_a_small_run_stores_every_story_and_accounts_for_it() -> None:
     assert result.articles_per_s > 0 and result.bound_per_s > 0 and result.bound_single_per_s > 0
     assert result.ratio == pytest.approx(result.articles_per_s / result.bound_per_s)
     assert result.cpu_workers_ms > 0 and result.cpu_bound_ms > 0
+    assert result.cpu_ratio == pytest.approx(result.cpu_bound_ms / (result.cpu_main_ms + result.cpu_workers_ms))
     assert result.rss_main_mb > 0 and result.rss_children_mb > 0
