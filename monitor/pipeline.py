@@ -248,14 +248,17 @@ class Pipeline:
             duplicate_of = self.duplicates.find(fingerprint)
             if duplicate_of is None:
                 self.duplicates.add(story.id, fingerprint)
-        await self.store_queue.put(partial(self._store_page, story, page, extracted, fingerprint, duplicate_of))
+        # only the URL goes on: a queued page's HTML would stay in memory until the write lands
+        await self.store_queue.put(
+            partial(self._store_page, story, page.final_url, extracted, fingerprint, duplicate_of)
+        )
 
     async def _store_page(
-        self, story: StoryRef, page: Page, extracted: Extracted, fingerprint: int | None, duplicate_of: int | None
+        self, story: StoryRef, final_url: str, extracted: Extracted, fingerprint: int | None, duplicate_of: int | None
     ) -> None:
         version = await self.writer.submit(
             partial(
-                writes.store_page, story_id=story.id, now=now(), final_url=page.final_url, title=extracted.title,
+                writes.store_page, story_id=story.id, now=now(), final_url=final_url, title=extracted.title,
                 body=extracted.text, author=extracted.author, published_at=extracted.published_at,
                 simhash=fingerprint, duplicate_of=duplicate_of,
             )
