@@ -33,7 +33,8 @@ from training.vocab_loss import projected_cross_entropy
 DEV_SET = Path(__file__).parents[1] / "datasets" / "dev.jsonl"
 # Two steps per epoch with these examples; a high rate so that four steps visibly teach something.
 TINY = TrainSettings(
-    rank=4, alpha=8, learning_rate=5e-3, warmup_ratio=0, epochs=2, batch_tokens=200, nice=0, checkpoint_every=1
+    rank=4, alpha=8, learning_rate=5e-3, warmup_ratio=0, epochs=2, batch_tokens=200, nice=0, checkpoint_every=1,
+    threads=1,  # tiny rows: a second thread would mostly wait at barriers on a shared machine
 )
 
 

@@ -185,8 +185,8 @@ def check_export(
 
 def _probe_context(probes: Sequence[str]) -> dict:
     longest = max(len(text.encode("utf-8")) for text in probes)  # a token is at least one byte
-    threads = os.cpu_count() or 1
-    return {"n_ctx": longest + 16, "n_batch": 512, "n_threads": threads, "n_threads_batch": threads, "swa_full": True}
+    # One thread: the probes are short, and llama.cpp's threads spin at every barrier when the CPU is shared.
+    return {"n_ctx": longest + 16, "n_batch": 512, "n_threads": 1, "n_threads_batch": 1, "swa_full": True}
 
 
 def _llama_logits(llm: Llama, probes: Sequence[str], last_tokens: int) -> np.ndarray:

@@ -50,6 +50,6 @@ def projected_cross_entropy(
 ) -> torch.Tensor:
     """Mean cross-entropy of `targets` under logits `hidden @ weight.T` (soft-capped as Gemma 2 does when
     `softcap` is set); differentiable in `hidden` only."""
-    if weight.requires_grad:
+    if weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("projected_cross_entropy computes no gradient for the output projection; freeze it")
     return _ProjectedCrossEntropy.apply(hidden, weight, targets, softcap)
