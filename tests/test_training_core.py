@@ -304,12 +304,19 @@ def test_no_examples_is_an_error(tmp_path: Path, base_gguf: Path) -> None:
         train_lora([], base_gguf=base_gguf, out_dir=tmp_path, settings=TINY, progress=False)
 
 
-def test_command_line_reports_a_bad_examples_file(tmp_path: Path, base_gguf: Path, capsys) -> None:
+def test_command_line_names_bad_input_files(tmp_path: Path, base_gguf: Path, capsys) -> None:
     examples = tmp_path / "train.jsonl"
     examples.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', encoding="utf-8")
-    code = main(["--examples", str(examples), "--base", str(base_gguf), "--out", str(tmp_path / "run"), "--quiet"])
-    assert code == 1
+    command = ["--examples", str(examples), "--base", str(base_gguf), "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(command) == 1
     assert f"{examples} line 2: expected" in capsys.readouterr().err
+
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"rank": 0, "learning_rate": "fast"}', encoding="utf-8")
+    assert main([*command, "--settings", str(settings)]) == 1
+    error = capsys.readouterr().err
+    assert f"{settings}: rank: Input should be greater than or equal to 1" in error and "learning_rate" in error
+    assert not (tmp_path / "run").exists()
 
 
 # -- export to llama.cpp --------------------------------------------------------------------------------------------
@@ -317,15 +324,25 @@ def test_command_line_reports_a_bad_examples_file(tmp_path: Path, base_gguf: Pat
 
 def test_exported_adapter_runs_in_llama_cpp_like_torch(runs, tmp_path: Path, base_gguf: Path, short_examples,
                                                        prompt_examples) -> None:  # fmt: skip
-    adapter = export_gguf_adapter(runs.straight.adapter_dir, base_gguf, tmp_path / "adapter.gguf")
+    trained = runs.straight.adapter_dir
+    adapter = export_gguf_adapter(trained, base_gguf, tmp_path / "adapter.gguf")
     probes = [short_examples[1].prompt + short_examples[1].completion,
               prompt_examples[0].prompt + prompt_examples[0].completion]  # fmt: skip
-    check = check_export(runs.straight.adapter_dir, base_gguf, adapter, probes, last_tokens=12)
+    check = check_export(trained, base_gguf, adapter, probes, last_tokens=12)
     assert check.positions == 24
     assert check.base.top1_agreement >= 0.9  # the same weights: Q4 in llama.cpp, dequantized float32 in torch
     assert check.ok, check
     # The adapter moves the logits far more than llama.cpp and torch disagree about them.
     assert check.adapter_shift > 5 * check.adapted.mean_abs, check
+
+    # The check has teeth: an adapter file whose alpha is 25% off fails it.
+    skewed = tmp_path / "skewed"
+    skewed.mkdir()
+    config = json.loads((trained / "adapter_config.json").read_text())
+    (skewed / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": config["lora_alpha"] * 1.25}))
+    (skewed / "adapter_model.safetensors").write_bytes((trained / "adapter_model.safetensors").read_bytes())
+    wrong = export_gguf_adapter(skewed, base_gguf, tmp_path / "skewed.gguf")
+    assert not check_export(trained, base_gguf, wrong, probes, last_tokens=12).ok
 
 
 def test_export_refuses_what_llama_cpp_cannot_express(runs, tmp_path: Path, base_gguf: Path) -> None:

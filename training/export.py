@@ -128,10 +128,12 @@ class LogitGap:
 
 
 # What check_export accepts. llama.cpp quantizes activations to 8 bits for its quantized matmuls, so even
-# the base model's logits differ from torch's float32 ones (the floor, ~0.2 mean on Gemma 3 270M); with the
-# adapter they must stay that close to torch's merged model and pick the same top token nearly as often.
-# An adapter whose alpha is off by 12.5% already misses this by a factor of 2.
+# the base model's logits differ from torch's float32 ones (the floor: ~0.2 mean, ~1.7 max on Gemma 3 270M).
+# With the adapter they may differ by the floor (x1.5: the adapter changes the activations that get rounded)
+# plus 5% of the adapter's own effect: an export error grows with that effect (an alpha 12.5% off made the
+# gap 0.67 where the allowance was 0.50; the correct file's gap was 0.19).
 MAX_FLOOR_RATIO = 1.5
+MAX_SHIFT_SHARE = 0.05
 MAX_TOP1_LOSS = 0.05
 
 
@@ -145,8 +147,9 @@ class ExportCheck:
 
     @property
     def ok(self) -> bool:
+        allowed = MAX_FLOOR_RATIO * self.base.mean_abs + MAX_SHIFT_SHARE * self.adapter_shift
         return (
-            self.adapted.mean_abs <= MAX_FLOOR_RATIO * self.base.mean_abs
+            self.adapted.mean_abs <= allowed
             and self.adapted.top1_agreement >= self.base.top1_agreement - MAX_TOP1_LOSS
         )
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel
@@ -316,6 +316,14 @@ def read_examples(path: Path) -> list[TrainingExample]:
     return examples
 
 
+def _read_settings(path: Path) -> TrainSettings:
+    try:
+        return TrainSettings.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        raise TrainingError(f"{path}: {problems}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.lora", description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=Path, required=True, help="JSONL of prompt/completion examples")
@@ -326,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        settings = TrainSettings.model_validate_json(args.settings.read_text()) if args.settings else TrainSettings()
+        settings = _read_settings(args.settings) if args.settings else TrainSettings()
         result = train_lora(
             read_examples(args.examples), base_gguf=args.base, out_dir=args.out, settings=settings,
             progress=not args.quiet,

@@ -18,7 +18,7 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None):
         total = hidden.new_zeros((), dtype=torch.float32)
-        want_grad = ctx.needs_input_grad[0]  # not under torch.no_grad(): evaluation needs only the loss
+        want_grad = ctx.needs_input_grad[0]  # False under torch.no_grad(): evaluation needs only the loss
         grad_hidden = torch.zeros_like(hidden)
         for start in range(0, hidden.shape[0], CHUNK):
             rows = slice(start, start + CHUNK)
