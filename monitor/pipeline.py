@@ -173,8 +173,7 @@ class Pipeline:
         """Poll one feed; accept its items into the database and queue the new stories. Returns how many."""
         if self._stopping.is_set():
             return 0
-        validators = await self.writer.submit(queries.feed_validators)
-        etag, last_modified = validators.get(feed_url, (None, None))
+        etag, last_modified = await self.writer.submit(partial(queries.feed_validators, url=feed_url))
         self.stats.polls += 1
         try:
             result = await poll_feed(self.http, feed_url, tickers, etag=etag, last_modified=last_modified)

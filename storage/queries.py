@@ -9,40 +9,34 @@ import duckdb
 from storage.writes import StoryRef
 
 
+_ANALYZABLE = "s.state <> 'pending' AND s.duplicate_of IS NULL"  # stored text, not a near copy of another story
+
+
 def stories_to_fetch(conn: duckdb.DuckDBPyConnection, now: datetime) -> list[StoryRef]:
     """Accepted but never processed (e.g. the daemon stopped or crashed), or due for a page retry."""
-    return _story_refs(
+    refs = _versioned_refs(
         conn,
-        "state = 'pending' OR (state = 'feed' AND next_fetch_at IS NOT NULL AND next_fetch_at <= ?)",
+        "s.state = 'pending' OR (s.state = 'feed' AND s.next_fetch_at IS NOT NULL AND s.next_fetch_at <= ?)",
         [now],
     )
+    return [ref for ref, _ in refs]
 
 
 def analysis_backlog(conn: duckdb.DuckDBPyConnection) -> list[tuple[StoryRef, int, str | None, str]]:
     """Stored stories whose current content has no analysis yet, oldest first: (story, content version, title,
     text to analyze)."""
-    rows = conn.execute(
-        """
-        SELECT s.id, s.content_version FROM stories s
-        WHERE s.state <> 'pending' AND s.duplicate_of IS NULL
-          AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.story_id = s.id AND a.content_version = s.content_version)
-        """
-    ).fetchall()
-    versions = dict(rows)
-    refs = _story_refs(conn, "id IN (SELECT unnest(?))", [list(versions)])
-    return [(ref, versions[ref.id], *story_text(conn, ref.id)) for ref in refs]
+    pending = _versioned_refs(
+        conn,
+        f"{_ANALYZABLE} AND NOT EXISTS "
+        "(SELECT 1 FROM analyses a WHERE a.story_id = s.id AND a.content_version = s.content_version)",
+        [],
+    )
+    return [(ref, version, *story_text(conn, ref.id)) for ref, version in pending]
 
 
 def stories_since(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[StoryRef, int]]:
     """Stored, non-duplicate stories first seen since `since`, with their content version (for re-analysis)."""
-    rows = conn.execute(
-        "SELECT id, content_version FROM stories WHERE state <> 'pending' AND duplicate_of IS NULL "
-        "AND first_seen_at >= ? ORDER BY id",
-        [since],
-    ).fetchall()
-    versions = dict(rows)
-    refs = _story_refs(conn, "id IN (SELECT unnest(?))", [list(versions)])
-    return [(ref, versions[ref.id]) for ref in refs]
+    return _versioned_refs(conn, f"{_ANALYZABLE} AND s.first_seen_at >= ?", [since])
 
 
 def story_text(conn: duckdb.DuckDBPyConnection, story_id: int) -> tuple[str | None, str]:
@@ -60,8 +54,10 @@ def recent_fingerprints(conn: duckdb.DuckDBPyConnection, since: datetime) -> lis
     ).fetchall()
 
 
-def feed_validators(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[str | None, str | None]]:
-    return {url: (etag, lm) for url, etag, lm in conn.execute("SELECT url, etag, last_modified FROM feeds").fetchall()}
+def feed_validators(conn: duckdb.DuckDBPyConnection, url: str) -> tuple[str | None, str | None]:
+    """(ETag, Last-Modified) of a feed's last answer, for the next conditional GET."""
+    row = conn.execute("SELECT etag, last_modified FROM feeds WHERE url = ?", [url]).fetchone()
+    return row or (None, None)
 
 
 def feed_status(conn: duckdb.DuckDBPyConnection) -> list[tuple]:
@@ -108,16 +104,21 @@ def articles(
     ).fetchall()
 
 
-def _story_refs(conn: duckdb.DuckDBPyConnection, where: str, params: list) -> list[StoryRef]:
+def _versioned_refs(conn: duckdb.DuckDBPyConnection, where: str, params: list) -> list[tuple[StoryRef, int]]:
+    """Stories matching `where` (over `stories s`), oldest first, with their content version."""
     rows = conn.execute(
         f"""
         SELECT s.id, s.url, coalesce(s.feed_title, ''), coalesce(s.feed_summary, ''),
-               coalesce((SELECT list(DISTINCT t.ticker) FROM story_tickers t WHERE t.story_id = s.id), [])
+               coalesce((SELECT list(DISTINCT t.ticker) FROM story_tickers t WHERE t.story_id = s.id), []),
+               s.content_version
         FROM stories s WHERE {where} ORDER BY s.id
         """,
         params,
     ).fetchall()
-    return [StoryRef(i, url, title, summary, tuple(tickers)) for i, url, title, summary, tickers in rows]
+    return [
+        (StoryRef(i, url, title, summary, tuple(tickers)), version)
+        for i, url, title, summary, tickers, version in rows
+    ]
 
 
 def ticker_series(
