@@ -29,6 +29,8 @@ demo: install
 bench: install
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.model
+	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.quality
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -282,6 +282,9 @@ def evaluate_model(
     repeat: Annotated[int, typer.Option(help="Run every record this many times to measure output variance.")] = 1,
     limit: Annotated[int | None, typer.Option(help="Only the first N records.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    adapter: Annotated[
+        str, typer.Option(help="current (what the daemon uses), base, bundled, a version (v003) or a GGUF adapter file.")
+    ] = "current",
 ) -> None:
     """Score the configured model on a labeled dataset."""
     from model.evaluate import DatasetError, evaluate, load_records, render_table
@@ -294,13 +297,31 @@ def evaluate_model(
     except (DatasetError, OSError) as exc:
         raise fail(str(exc)) from None
     analyzer = load_analyzer(config)
+    used = _use_adapter(analyzer, config, adapter)
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=errors) as progress:
-        task = progress.add_task(f"evaluating {data.name}", total=len(records) * repeat)
+        task = progress.add_task(f"evaluating {data.name} ({used})", total=len(records) * repeat)
         report = evaluate(analyzer, records, repeat=repeat, progress=lambda done, total: progress.update(task, completed=done))
     if output_format == "json":
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps({"adapter": analyzer.backend.adapter, **report.to_json()}, indent=2))
     else:
         console.print(render_table(report))
+        console.print(f"adapter: {used}")
+
+
+def _use_adapter(analyzer, config: Config, choice: str) -> str:
+    """Put the chosen adapter on the loaded model; returns how to name it to the user."""
+    from model.backends.base import BackendError
+    from training.registry import RegistryError, registry_for
+
+    try:
+        if Path(choice).is_file():
+            analyzer.backend.set_adapter(choice)
+        elif choice != "current":
+            chosen = registry_for(config).resolve(choice)
+            analyzer.backend.set_adapter(str(chosen.path) if chosen else None)
+    except (RegistryError, BackendError) as exc:
+        raise fail(f"--adapter {choice}: {exc}") from None
+    return analyzer.backend.adapter or "none (base model)"
 
 
 def _when(value) -> str:

@@ -45,9 +45,9 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def extract_and_fingerprint(html: str, url: str) -> tuple[Extracted | None, int | None]:
-    """Runs in a worker process: the page's main text and, when it is long enough to compare, its SimHash."""
-    extracted = extract_article(html, url)
+def extract_and_fingerprint(page: Page) -> tuple[Extracted | None, int | None]:
+    """Runs in a worker process: the page decoded, its main text and, when long enough to compare, its SimHash."""
+    extracted = extract_article(page.html(), page.final_url)
     return extracted, fingerprint(extracted.text) if extracted else None
 
 
@@ -235,9 +235,7 @@ class Pipeline:
     async def _extract(self, item: tuple[StoryRef, Page]) -> None:
         story, page = item
         loop = asyncio.get_running_loop()
-        extracted, fingerprint = await loop.run_in_executor(
-            self.cpu_pool, extract_and_fingerprint, page.html, page.final_url
-        )
+        extracted, fingerprint = await loop.run_in_executor(self.cpu_pool, extract_and_fingerprint, page)
         if extracted is None:
             error = f"no article text found on {page.final_url}"
             await self.store_queue.put(partial(self._page_failed, story, error, retryable=False))

@@ -117,7 +117,7 @@ def adapters_list(config_file: ConfigOption = None) -> None:
     config = cli.settings(config_file)
     registry = registry_for(config)
     try:
-        versions, current = registry.versions(), registry.current_label()
+        versions, current, bundled = registry.versions(), registry.current_label(), registry.bundled_manifest()
     except RegistryError as exc:
         raise cli.fail(str(exc)) from None
     usage = _usage(cli, config)
@@ -126,19 +126,23 @@ def adapters_list(config_file: ConfigOption = None) -> None:
                "FinEntity ent+pol", "compared with", "analyses", "kept by reviewers")
     for column in columns:
         table.add_column(column, justify="left" if column in ("version", "status", "compared with") else "right")
-    for m in versions:
-        status = "in use" if m.version == current else ("retired" if m.retired_at else m.decision)
+    rows = [(BUNDLED, bundled, registry.bundled)] if bundled else []
+    rows += [(m.version, m, registry.root / m.version / ADAPTER_FILE) for m in versions]
+    for label, m, path in rows:
+        status = "in use" if label == current else "shipped" if label == BUNDLED else m.decision
+        if m.retired_at and status != "in use":
+            status = "retired"
         metrics, baseline = m.metrics or {}, m.baseline or {"version": "", "metrics": {}}
-        analyses, kept = usage.get(str(registry.root / m.version / ADAPTER_FILE), ("", None))
+        analyses, kept = usage.get(str(path), ("", None))
         table.add_row(
-            m.version, status, m.created_at.strftime("%Y-%m-%d %H:%M"), str(sum(m.examples.values())),
+            label, status, m.created_at.strftime("%Y-%m-%d %H:%M"), str(sum(m.examples.values())),
             *(_percent(metrics.get(key)) for key in ("entity_f1", "entity_polarity_f1", "valid_json_rate")),
             _percent((m.finentity_metrics or {}).get("entity_polarity_f1")),
             f"{baseline['version']} {_percent(baseline['metrics'].get('entity_f1'))}".strip(),
-            str(analyses), _percent(kept), style="bold" if m.version == current else None,
+            str(analyses), _percent(kept), style="bold" if label == current else None,
         )  # fmt: skip
     console = cli.console
-    console.print(table if versions else f"no trained versions in {registry.root} yet (`sentimon train` makes one)")
+    console.print(table if rows else f"no trained versions in {registry.root} yet (`sentimon train` makes one)")
     where = {BASE: " (the base model, no adapter)", BUNDLED: f" ({registry.bundled})"}.get(current, "")
     console.print(f"in use: {current}{where}")
 

@@ -15,8 +15,13 @@ _CHARSET_PARAM = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE
 class Page:
     url: str  # as requested
     final_url: str  # after redirects
-    html: str
+    body: bytes  # as received (decompressed); decoding is CPU work, left to whoever reads the text
+    charset: str | None  # from the Content-Type header
     content_type: str  # media type without parameters, e.g. "text/html"
+
+    def html(self) -> str:
+        """The page as text, by its BOM, header charset, <meta charset> or detection."""
+        return decode_html(self.body, self.charset)
 
 
 def parse_content_type(value: str | None) -> tuple[str | None, str | None]:
@@ -37,7 +42,7 @@ def _binary_reason(body: bytes) -> str | None:
 
 
 async def fetch_page(client: HttpClient, url: str) -> Page:
-    """GET `url` and decode it. Raises FetchError for transport failures and for bodies that are not HTML."""
+    """GET `url` and check it is an HTML page. Raises FetchError for transport failures and other content."""
     resp = await client.get(url, headers={"Accept": _HTML_ACCEPT})
     media_type, charset = parse_content_type(resp.headers.get("Content-Type"))
 
@@ -51,4 +56,4 @@ async def fetch_page(client: HttpClient, url: str) -> Page:
     binary = _binary_reason(resp.body)
     if binary is not None:
         raise refuse(f"not an HTML page: {binary} served as {media_type or 'no Content-Type'}")
-    return Page(url, resp.final_url, decode_html(resp.body, charset), media_type or "text/html")
+    return Page(url, resp.final_url, resp.body, charset, media_type or "text/html")

@@ -173,10 +173,11 @@ async def _read_capped(resp: aiohttp.ClientResponse, url: str, limit: int) -> by
     if resp.content_length is not None and resp.content_length > limit:
         resp.close()
         raise too_large
-    body = bytearray()
+    chunks, size = [], 0
     async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
-        body += chunk
-        if len(body) > limit:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             resp.close()  # drop the connection instead of draining the rest
             raise too_large
-    return bytes(body)
+    return b"".join(chunks)

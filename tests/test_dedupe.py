@@ -90,9 +90,9 @@ async def test_a_syndicated_copy_is_found_and_other_stories_are_not(http_client,
         texts = {}
         for name, truth in ground_truth.items():
             page = await fetch_page(http_client, server.base_url + "/" + truth["url"].split("://", 1)[1])
-            texts[name] = extract_article(page.html, page.final_url).text
+            texts[name] = extract_article(page.html(), page.final_url).text
         copy_page = await fetch_page(http_client, server.base_url + COPY_PATH)
-        copy_text = extract_article(copy_page.html, copy_page.final_url).text
+        copy_text = extract_article(copy_page.html(), copy_page.final_url).text
 
     assert "via Yahoo Finance" in copy_text and "worth" in copy_text and "originally published" in copy_text
     ids = {name: article_id for article_id, name in enumerate(texts)}

@@ -30,7 +30,7 @@ async def test_extraction_f1_on_the_five_real_pages(fixture_server, http_client,
     for truth in ground_truth.values():
         url = fixture_server.base_url + "/" + truth["url"].split("://", 1)[1]
         page = await fetch_page(http_client, url)
-        extracted = extract_article(page.html, truth["url"])
+        extracted = extract_article(page.html(), truth["url"])
         assert extracted is not None, truth["url"]
         assert extracted.title and extracted.author
         published = extracted.published_at

@@ -49,10 +49,10 @@ async def test_fetches_a_real_page(fixture_server, http_client, captured_html):
     url = fixture_server.base_url + "/www.cnn.com/2019/11/18/investing/asian-market-latest/index.html"
     page = await fetch_page(http_client, url)
     assert (page.url, page.final_url, page.content_type) == (url, url, "text/html")
-    assert page.html == captured_html(CNN)
+    assert page.html() == captured_html(CNN)
     plain = await http_client.get(url, headers={"Accept-Encoding": "identity"})  # the server gzips only on request
     assert "Content-Encoding" not in plain.headers
-    assert plain.body.decode() == page.html
+    assert plain.body.decode() == page.html()
 
 
 async def test_every_feed_link_leads_to_a_page(fixture_server, http_client):
@@ -60,7 +60,7 @@ async def test_every_feed_link_leads_to_a_page(fixture_server, http_client):
     feed = await poll_feed(http_client, feed_url, (), etag=None, last_modified=None)
     for item in feed.items:
         page = await fetch_page(http_client, item.url)
-        assert "<html" in page.html[:2000].lower()
+        assert "<html" in page.html()[:2000].lower()
 
 
 @pytest.mark.parametrize(
@@ -99,14 +99,14 @@ async def test_windows_1252_pages_are_decoded_right(http_client, captured_html, 
         original = original.replace(*edit)
     async with serving(original.encode("cp1252"), content_type) as server:
         page = await fetch_page(http_client, server.base_url + "/page")
-    assert page.html == original
+    assert page.html() == original
 
 
 async def test_undecodable_bytes_never_crash(http_client):
     body = b"<html><body><p>Caf\xe9 \x81\x8d\x8f\x90\x9d \xff\xfe\xfd</p></body></html>" * 20
     async with serving(body, "text/html; charset=utf-8") as server:
         page = await fetch_page(http_client, server.base_url + "/page")
-    assert page.html.startswith("<html><body><p>Caf")
+    assert page.html().startswith("<html><body><p>Caf")
 
 
 def test_parse_content_type():
@@ -119,7 +119,7 @@ def test_parse_content_type():
 async def test_untyped_answers_are_sniffed(http_client):
     async with raw_http_server(b"<html><body><p>No Content-Type here.</p></body></html>") as url:
         page = await fetch_page(http_client, url)
-    assert (page.content_type, page.html) == ("text/html", "<html><body><p>No Content-Type here.</p></body></html>")
+    assert (page.content_type, page.html()) == ("text/html", "<html><body><p>No Content-Type here.</p></body></html>")
     async with raw_http_server(b"\x00\x01\x02binary") as url:
         with pytest.raises(FetchError, match=r"binary data \(NUL bytes\) served as no Content-Type"):
             await fetch_page(http_client, url)

@@ -96,13 +96,13 @@ def test_refresh_trains_scores_and_decides(tiny, refreshed) -> None:
     assert refreshed.version == "v001" and manifest.decision == refreshed.decision
     promoted = beats(manifest.metrics, manifest.baseline["metrics"])
     assert refreshed.decision == ("promoted" if promoted else "rejected"), refreshed.summary
-    assert registry.current_label() == ("v001" if promoted else "base")
-    assert manifest.baseline["version"] == "base" and manifest.metrics["n_records"] == 2
+    assert registry.current_label() == ("v001" if promoted else "bundled")  # a fresh registry starts on the shipped one
+    assert manifest.baseline["version"] == "bundled" and manifest.metrics["n_records"] == 2
     assert manifest.finentity_metrics["n_records"] == 1
     assert manifest.examples["review"] == 1 and manifest.examples["team"] == 4 and manifest.examples["finentity"] >= 6
     with Database(config.database).read() as conn:
         assert manifest.reviews_through == conn.execute("SELECT max(id) FROM reviews").fetchone()[0]
-    assert manifest.steps_done == manifest.total_steps == 1
+    assert manifest.steps_done == manifest.total_steps == 1 and manifest.train_seconds > 0
     assert manifest.train_settings["rank"] == 2 and manifest.base_model_sha256
 
     # Nothing changed: the next run sees it without training.

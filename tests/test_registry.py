@@ -59,6 +59,10 @@ def test_without_versions_the_bundled_adapter_or_the_base_model_is_in_use(tmp_pa
     assert registry.current_label() == "base" and registry.current() is None and registry.versions() == []
     bundled.write_bytes(b"GGUF")
     assert registry.current_label() == "bundled" and registry.current().path == bundled
+    assert registry.bundled_manifest() is None
+    bundled.with_suffix(".json").write_text('{"version": "bundled"')
+    with pytest.raises(RegistryError, match="default.json is damaged"):
+        registry.bundled_manifest()
 
 
 @pytest.mark.parametrize(
@@ -131,8 +135,11 @@ def test_adapters_commands(tmp_path: Path) -> None:
     config = tmp_path / "sentimon.toml"
     config.write_text(tomli_w.dumps({"database": str(tmp_path / "s.duckdb"),
                                      "training": {"adapters_dir": str(tmp_path / "adapters")}}))  # fmt: skip
-    empty = runner.invoke(app, ["adapters", "list", "--config", str(config)])
-    assert empty.exit_code == 0 and "no trained versions" in empty.output
+    fresh = runner.invoke(app, ["adapters", "list", "--config", str(config)])
+    assert fresh.exit_code == 0 and "in use: bundled" in fresh.output  # the shipped adapter, model/adapters/
+    shipped = next(line.split("│") for line in fresh.output.splitlines() if "│ bundled" in line)
+    recorded = AdapterRegistry(tmp_path / "adapters").bundled_manifest().metrics
+    assert "in use" in shipped[2] and shipped[5].strip() == f"{recorded['entity_f1']:.1%}"
     registry = AdapterRegistry(tmp_path / "adapters")
     registry.promote(add_version(registry, 0.5), "beat base")
     registry.promote(add_version(registry, 0.625), "beat v001")
@@ -140,8 +147,8 @@ def test_adapters_commands(tmp_path: Path) -> None:
 
     listed = runner.invoke(app, ["adapters", "list", "--config", str(config)])
     assert listed.exit_code == 0, listed.output
-    rows = {line.split("│")[1].strip(): line.split("│") for line in listed.output.splitlines() if "│ v00" in line}
-    assert "in use" in rows["v002"][2] and "62.5%" in rows["v002"][5] and "retired" in rows["v001"][2]
+    rows = {line.split("│")[1].strip(): line.split("│") for line in listed.output.splitlines() if "│ " in line}
+    assert "shipped" in rows["bundled"][2] and "in use" in rows["v002"][2] and "62.5%" in rows["v002"][5] and "retired" in rows["v001"][2]
     assert [cell.strip() for cell in rows["v002"][-3:-1]] == ["3", "50.0%"], "3 analyses, 1 of 2 reviewed kept"
     assert [cell.strip() for cell in rows["v001"][-3:-1]] == ["", ""]
     assert "in use: v002" in listed.output

@@ -61,7 +61,7 @@ class TrainSettings(BaseModel):
     target_modules: tuple[str, ...] = Field(
         LORA_TARGETS, min_length=1, description="Linear layers that get an adapter: attention q/k/v/o and the MLP."
     )
-    learning_rate: float = Field(2e-4, gt=0, description="Peak AdamW learning rate.")
+    learning_rate: float = Field(3e-4, gt=0, description="Peak AdamW learning rate.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming the rate up from 0.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the LoRA matrices.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")

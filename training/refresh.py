@@ -116,6 +116,7 @@ def _refresh(
         version=label, created_at=datetime.now(UTC), data_hash=data.data_hash, base_model=base.name,
         base_model_sha256=base_sha, train_settings=settings.model_dump(mode="json"), examples=data.counts(),
         reviews_through=data.review_watermark, steps_done=result.steps_done, total_steps=result.total_steps,
+        train_seconds=round(result.seconds, 1),
     )  # fmt: skip
     registry.save(manifest)  # on record before the evaluation, so a failure there leaves a visible candidate
     log.info("trained %s: %d/%d steps, last loss %.4f", label, result.steps_done, result.total_steps, result.losses[-1])

@@ -53,6 +53,7 @@ class Manifest(BaseModel):
     reviews_through: int  # id of the newest review in the training data
     steps_done: int
     total_steps: int
+    train_seconds: float | None = None  # wall time of the training steps of the run that finished it
     metrics: dict[str, Any] | None = None  # evaluate() JSON on the development set
     baseline: dict[str, Any] | None = None  # {"version": what it was compared with, "metrics": {...}}
     finentity_metrics: dict[str, Any] | None = None  # on the held-out FinEntity fold
@@ -100,6 +101,16 @@ class AdapterRegistry:
             return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RegistryError(f"no version {label} in {self.root}") from None
+        except (OSError, ValidationError) as exc:
+            raise RegistryError(f"{path} is damaged: {exc}") from None
+
+    def bundled_manifest(self) -> Manifest | None:
+        """The bundled adapter's record (default.json beside default.gguf): how it was trained, its scores."""
+        path = self.bundled.with_suffix(".json")
+        if not (path.is_file() and self.bundled.is_file()):
+            return None
+        try:
+            return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
         except (OSError, ValidationError) as exc:
             raise RegistryError(f"{path} is damaged: {exc}") from None
 

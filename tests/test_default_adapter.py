@@ -1,0 +1,73 @@
+"""The default adapter shipped in model/adapters/: its record, and `sentimon eval` with it against the base model."""
+
+import json
+from pathlib import Path
+
+import pytest
+import tomli_w
+from typer.testing import CliRunner
+
+from bench import quality
+from model.embedded import resolve_model_path, sha256_file
+from model.prompt import PROMPT_VERSION, TUNED_PROMPT_VERSION
+from model.settings import ModelSettings
+from monitor.cli import app
+from training.registry import BUNDLED_ADAPTER, AdapterRegistry
+
+DEV_SET = Path(__file__).parents[1] / "datasets" / "dev.jsonl"
+runner = CliRunner(env={"COLUMNS": "250"})
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sentimon.toml"
+    path.write_text(tomli_w.dumps({"database": str(tmp_path / "s.duckdb")}), encoding="utf-8")
+    return path
+
+
+def eval_json(config_file: Path, data: Path, adapter: str) -> dict:
+    done = runner.invoke(app, ["eval", "--data", str(data), "--config", str(config_file), "--format", "json",
+                               "--adapter", adapter], catch_exceptions=False)  # fmt: skip
+    assert done.exit_code == 0, done.output
+    return json.loads(done.stdout)
+
+
+def test_the_bundled_adapter_is_in_use_and_recorded(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "adapters")  # a fresh registry: no version trained yet
+    assert registry.current_label() == "bundled" and registry.current().path == BUNDLED_ADAPTER
+    assert BUNDLED_ADAPTER.stat().st_size <= 20 * 2**20
+    manifest = registry.bundled_manifest()
+    assert manifest.base_model_sha256 == sha256_file(resolve_model_path(ModelSettings()))
+    assert manifest.steps_done == manifest.total_steps and manifest.decision == "promoted"
+    assert manifest.metrics["n_records"] == 240 and manifest.metrics["valid_json_rate"] == 1.0
+    assert manifest.finentity_metrics["n_records"] > 100
+
+
+def test_eval_scores_the_bundled_adapter_above_the_base_model(config_file: Path, tmp_path: Path) -> None:
+    records = DEV_SET.read_text(encoding="utf-8").splitlines()[:8]
+    data = tmp_path / "dev8.jsonl"
+    data.write_text("\n".join(records) + "\n", encoding="utf-8")
+    tuned = eval_json(config_file, data, "current")
+    base = eval_json(config_file, data, "base")
+    assert tuned["adapter"] == str(BUNDLED_ADAPTER) and base["adapter"] is None
+    assert tuned["n_records"] == base["n_records"] == 8
+    assert tuned["entity_polarity_f1"] > base["entity_polarity_f1"]
+    assert tuned["entity_f1"] > base["entity_f1"]
+
+
+def test_eval_names_an_unknown_adapter(config_file: Path) -> None:
+    done = runner.invoke(app, ["eval", "--data", str(DEV_SET), "--config", str(config_file), "--adapter", "v007"])
+    assert done.exit_code != 0
+    assert "--adapter v007: adapter v007 has no file" in done.output
+
+
+def test_quality_benchmark_reports_both_models_against_the_targets(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "quality.json"
+    assert quality.main(["--sets", "dev", "--limit", "2", "--json", str(out), "--markdown"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("| metric | dev, base | dev, adapter | target |")
+    assert "| entity_f1 |" in table and "dev > 95.0%" in table and "2 dev records" in table
+    reports = json.loads(out.read_text())["dev"]
+    assert reports["base"]["n_records"] == reports["adapter"]["n_records"] == 2
+    assert (reports["base"]["prompt_version"], reports["adapter"]["prompt_version"]) == (PROMPT_VERSION,
+                                                                                       TUNED_PROMPT_VERSION)
