@@ -233,8 +233,10 @@ def evaluate(
     *,
     repeat: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    on_result: Callable[[EvalRecord, AnalysisResult], None] | None = None,
 ) -> EvalReport:
-    """Run `analyzer` over `records` `repeat` times; `progress(done, total)` after each analysis."""
+    """Run `analyzer` over `records` `repeat` times; `progress(done, total)` and `on_result(record, result)` after
+    each analysis."""
     if repeat < 1:
         raise ValueError(f"repeat must be at least 1, got {repeat}")
     if not records:
@@ -256,6 +258,8 @@ def evaluate(
             outputs[index].append(
                 frozenset((normalize_name(e.entity), e.polarity, e.category) for e in result.entities)
             )
+            if on_result:
+                on_result(record, result)
             if progress:
                 progress(run * len(records) + index + 1, total)
         run_f1s.append(tally.entity_polarity_f1())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -285,6 +286,9 @@ def evaluate_model(
     adapter: Annotated[
         str, typer.Option(help="current (what the daemon uses), base, bundled, a version (v003) or a GGUF adapter file.")
     ] = "current",
+    predictions: Annotated[
+        Path | None, typer.Option(help="Also write each record's gold and predicted entities to this JSONL file.")
+    ] = None,
 ) -> None:
     """Score the configured model on a labeled dataset."""
     from model.evaluate import DatasetError, evaluate, load_records, render_table
@@ -298,14 +302,28 @@ def evaluate_model(
         raise fail(str(exc)) from None
     analyzer = load_analyzer(config)
     used = _use_adapter(analyzer, config, adapter)
-    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=errors) as progress:
+    with (
+        Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=errors) as progress,
+        predictions.open("w", encoding="utf-8") if predictions else contextlib.nullcontext() as out,
+    ):
         task = progress.add_task(f"evaluating {data.name} ({used})", total=len(records) * repeat)
-        report = evaluate(analyzer, records, repeat=repeat, progress=lambda done, total: progress.update(task, completed=done))
+        keep = (lambda record, result: out.write(_prediction_line(record, result))) if out else None
+        report = evaluate(analyzer, records, repeat=repeat, on_result=keep,
+                          progress=lambda done, total: progress.update(task, completed=done))  # fmt: skip
     if output_format == "json":
         print(json.dumps({"adapter": analyzer.backend.adapter, **report.to_json()}, indent=2))
     else:
         console.print(render_table(report))
         console.print(f"adapter: {used}")
+
+
+def _prediction_line(record, result) -> str:
+    """One record of `eval --predictions`: what the data says, what the model said."""
+    gold = [{"entity": g.entity, "polarity": g.polarity, "category": g.category} for g in record.entities]
+    said = [{"entity": e.entity, "polarity": e.polarity, "category": e.category, "score": round(e.score, 3)}
+            for e in result.entities]  # fmt: skip
+    return json.dumps({"id": record.id, "text": record.text, "gold": gold, "predicted": said, "ok": result.ok,
+                       "error": result.error}, ensure_ascii=False) + "\n"  # fmt: skip
 
 
 def _use_adapter(analyzer, config: Config, choice: str) -> str:

@@ -25,9 +25,9 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-def eval_json(config_file: Path, data: Path, adapter: str) -> dict:
+def eval_json(config_file: Path, data: Path, adapter: str, *more: str) -> dict:
     done = runner.invoke(app, ["eval", "--data", str(data), "--config", str(config_file), "--format", "json",
-                               "--adapter", adapter], catch_exceptions=False)  # fmt: skip
+                               "--adapter", adapter, *more], catch_exceptions=False)  # fmt: skip
     assert done.exit_code == 0, done.output
     return json.loads(done.stdout)
 
@@ -47,12 +47,17 @@ def test_eval_scores_the_bundled_adapter_above_the_base_model(config_file: Path,
     records = DEV_SET.read_text(encoding="utf-8").splitlines()[:8]
     data = tmp_path / "dev8.jsonl"
     data.write_text("\n".join(records) + "\n", encoding="utf-8")
-    tuned = eval_json(config_file, data, "current")
+    tuned = eval_json(config_file, data, "current", "--predictions", str(tmp_path / "said.jsonl"))
     base = eval_json(config_file, data, "base")
     assert tuned["adapter"] == str(BUNDLED_ADAPTER) and base["adapter"] is None
     assert tuned["n_records"] == base["n_records"] == 8
     assert tuned["entity_polarity_f1"] > base["entity_polarity_f1"]
     assert tuned["entity_f1"] > base["entity_f1"]
+    said = [json.loads(line) for line in (tmp_path / "said.jsonl").read_text(encoding="utf-8").splitlines()]
+    wanted = [json.loads(line) for line in records]
+    assert [(s["id"], s["text"], s["gold"]) for s in said] == [(r["id"], r["text"], r["extractions"]) for r in wanted]
+    predicted = sum(len(s["predicted"]) for s in said)
+    assert predicted == tuned["n_predicted_entities"] and all(s["ok"] for s in said)
 
 
 def test_eval_names_an_unknown_adapter(config_file: Path) -> None:
