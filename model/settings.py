@@ -44,9 +44,9 @@ class ModelSettings(BaseModel):
     adapter: str | None = Field(
         None,
         description=(
-            "LoRA adapter to pin: a GGUF LoRA file (llama_cpp) or an adapter directory (mlx). Unset, llama_cpp uses the "
-            "adapter registry's current one (`sentimon adapters list`): the shipped default adapter until training "
-            "promotes another."
+            "LoRA adapter to pin: a GGUF LoRA file (llama_cpp) or an adapter directory (mlx). Unset, llama_cpp "
+            "uses the adapter registry's current one (`sentimon adapters list`): the shipped default adapter until "
+            "training promotes another."
         ),
     )
     threads: int = Field(2, ge=1, description="CPU threads used for inference (llama_cpp).")
