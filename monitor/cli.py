@@ -263,9 +263,10 @@ def reanalyze(
         for start in range(0, len(stories), batch):
             chunk = stories[start : start + batch]
             with database.read() as conn:
-                texts = [queries.story_text(conn, story.id) for story, _ in chunk]
+                texts = queries.story_texts(conn, [story.id for story, _ in chunk])
             results = []
-            for (story, version), (story_title, body) in zip(chunk, texts):
+            for story, version in chunk:
+                story_title, body = texts.get(story.id, (None, ""))
                 results.append((story, version, analyzer.analyze(body, title=story_title, ticker_hints=story.tickers)))
                 progress.advance(task)
             with database.write() as conn:

@@ -31,7 +31,8 @@ def analysis_backlog(conn: duckdb.DuckDBPyConnection) -> list[tuple[StoryRef, in
         "(SELECT 1 FROM analyses a WHERE a.story_id = s.id AND a.content_version = s.content_version)",
         [],
     )
-    return [(ref, version, *story_text(conn, ref.id)) for ref, version in pending]
+    texts = story_texts(conn, [ref.id for ref, _ in pending])
+    return [(ref, version, *texts[ref.id]) for ref, version in pending]
 
 
 def stories_since(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[StoryRef, int]]:
@@ -39,12 +40,14 @@ def stories_since(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[tupl
     return _versioned_refs(conn, f"{_ANALYZABLE} AND s.first_seen_at >= ?", [since])
 
 
-def story_text(conn: duckdb.DuckDBPyConnection, story_id: int) -> tuple[str | None, str]:
-    """(title, text) to analyze: the page body when we have it, else the feed's description."""
-    row = conn.execute(
-        "SELECT coalesce(title, feed_title), coalesce(body, feed_summary, '') FROM stories WHERE id = ?", [story_id]
-    ).fetchone()
-    return row or (None, "")
+def story_texts(conn: duckdb.DuckDBPyConnection, story_ids: list[int]) -> dict[int, tuple[str | None, str]]:
+    """Story id -> (title, text) to analyze: the page body when we have it, else the feed's description."""
+    rows = conn.execute(
+        "SELECT id, coalesce(title, feed_title), coalesce(body, feed_summary, '') FROM stories "
+        "WHERE id IN (SELECT unnest(?))",
+        [story_ids],
+    ).fetchall()
+    return {story_id: (title, text) for story_id, title, text in rows}
 
 
 def recent_fingerprints(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[tuple[int, int]]:
