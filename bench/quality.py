@@ -26,7 +26,7 @@ from bench._common import machine
 from model.analyzer import Analyzer
 from model.evaluate import EvalRecord, evaluate, load_records
 from model.settings import ModelSettings
-from training.dataset import DataSources, in_holdout
+from training.dataset import DataSources, split_finentity
 from training.registry import BUNDLED_ADAPTER
 
 METRICS = ("perfect_records", "entity_precision", "entity_recall", "entity_f1", "entity_polarity_f1",
@@ -37,8 +37,7 @@ TARGETS = {("dev", "perfect_records"): 0.65, ("dev", "entity_f1"): 0.95, ("dev",
 
 def evaluation_sets(names: Sequence[str], limit: int | None) -> dict[str, list[EvalRecord]]:
     sources = DataSources()
-    loaders = {"dev": lambda: load_records(sources.dev),
-               "finentity": lambda: [r for r in load_records(sources.finentity) if in_holdout(r.id, sources)]}  # fmt: skip
+    loaders = {"dev": lambda: load_records(sources.dev), "finentity": lambda: list(split_finentity(sources)[1])}
     return {name: loaders[name]()[:limit] for name in names}
 
 

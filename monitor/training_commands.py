@@ -9,13 +9,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import duckdb
 import typer
 from rich.table import Table
 
 from monitor.config import Config
+
+if TYPE_CHECKING:
+    from training.registry import Manifest
 from storage.db import DatabaseError
 from storage.reviews import adapter_usage, review_queue
 
@@ -129,13 +132,10 @@ def adapters_list(config_file: ConfigOption = None) -> None:
     rows = [(BUNDLED, bundled, registry.bundled)] if bundled else []
     rows += [(m.version, m, registry.root / m.version / ADAPTER_FILE) for m in versions]
     for label, m, path in rows:
-        status = "in use" if label == current else "shipped" if label == BUNDLED else m.decision
-        if m.retired_at and status != "in use":
-            status = "retired"
         metrics, baseline = m.metrics or {}, m.baseline or {"version": "", "metrics": {}}
         analyses, kept = usage.get(str(path), ("", None))
         table.add_row(
-            label, status, m.created_at.strftime("%Y-%m-%d %H:%M"), str(sum(m.examples.values())),
+            label, _status(label, m, current), m.created_at.strftime("%Y-%m-%d %H:%M"), str(sum(m.examples.values())),
             *(_percent(metrics.get(key)) for key in ("entity_f1", "entity_polarity_f1", "valid_json_rate")),
             _percent((m.finentity_metrics or {}).get("entity_polarity_f1")),
             f"{baseline['version']} {_percent(baseline['metrics'].get('entity_f1'))}".strip(),
@@ -183,6 +183,16 @@ def train(
     except (OSError, ValueError, RuntimeError) as exc:  # each of training's errors names what is wrong
         raise cli.fail(str(exc), 1) from None
     cli.console.print(outcome.summary)
+
+
+def _status(label: str, manifest: Manifest, current: str) -> str:
+    from training.registry import BUNDLED
+
+    if label == current:
+        return "in use"
+    if label == BUNDLED:
+        return "shipped"
+    return "retired" if manifest.retired_at else manifest.decision
 
 
 def _usage(cli: ModuleType, config: Config) -> dict[str | None, tuple[int, float | None]]:

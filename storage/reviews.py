@@ -75,17 +75,18 @@ def review_queue(conn: duckdb.DuckDBPyConnection, since: datetime, limit: int) -
     rows = conn.execute(
         """
         WITH latest AS (
-            SELECT a.id, a.story_id, a.ok, a.error, a.adapter FROM analyses a
+            SELECT a.id, a.story_id, a.ok, a.error, a.adapter,
+                   'news-' || left(sha256(s.canonical_url), 16) AS record_id  -- as news_record_id() computes it
+            FROM analyses a
             JOIN stories s ON s.id = a.story_id AND s.content_version = a.content_version
             WHERE s.duplicate_of IS NULL AND s.first_seen_at >= ?
               AND trim(concat(s.title, s.feed_title, s.body, s.feed_summary)) <> ''  -- something to read
             QUALIFY row_number() OVER (PARTITION BY a.story_id ORDER BY a.id DESC) = 1
         )
-        SELECT l.story_id, l.id, 'news-' || left(sha256(s.canonical_url), 16) AS record_id,
+        SELECT l.story_id, l.id, l.record_id,
                coalesce(s.title, s.feed_title), coalesce(s.body, s.feed_summary, ''), l.ok, l.error, l.adapter
         FROM latest l JOIN stories s ON s.id = l.story_id
-        WHERE NOT EXISTS (SELECT 1 FROM reviews r
-                          WHERE r.story_id = l.story_id OR r.record_id = 'news-' || left(sha256(s.canonical_url), 16))
+        WHERE NOT EXISTS (SELECT 1 FROM reviews r WHERE r.story_id = l.story_id OR r.record_id = l.record_id)
         ORDER BY coalesce((SELECT min(e.confidence) FROM extractions e WHERE e.analysis_id = l.id), 0), l.id DESC
         LIMIT ?
         """,

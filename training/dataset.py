@@ -110,14 +110,13 @@ def assemble(
     """Every usable record as a (prompt, completion) example built exactly as inference builds its prompt
     (`count_tokens` is the model's tokenizer, `max_input_tokens` its article budget). Raises DatasetError
     (model.evaluate) naming the file and lines when a source file is unusable."""
-    finentity = load_records(sources.finentity)
-    held_out = tuple(r for r in finentity if in_holdout(r.id, sources))
+    finentity, held_out = split_finentity(sources)
     forbidden = {"dev_overlap": [normalize_text(r.text) for r in load_records(sources.dev)],
                  "holdout_overlap": [normalize_text(r.text) for r in held_out]}  # fmt: skip
     candidates = [
         *(_from_review(example) for example in reviewed),
         *(_from_eval_record(record, "team") for record in load_records(sources.team)),
-        *(_from_eval_record(record, "finentity") for record in finentity if not in_holdout(record.id, sources)),
+        *(_from_eval_record(record, "finentity") for record in finentity),
     ]
     dropped: Counter[str] = Counter()
     seen: set[str] = set()
@@ -138,6 +137,15 @@ def assemble(
     examples = tuple(_example(r, count_tokens, template, max_input_tokens) for r in kept)
     watermark = max((example.review_id for example in reviewed), default=0)
     return TrainingSet(examples, tuple(kept), held_out, dict(dropped), watermark)
+
+
+def split_finentity(sources: DataSources) -> tuple[list[EvalRecord], tuple[EvalRecord, ...]]:
+    """FinEntity's records to train on, and its held-out fold."""
+    train: list[EvalRecord] = []
+    held_out: list[EvalRecord] = []
+    for record in load_records(sources.finentity):
+        (held_out if in_holdout(record.id, sources) else train).append(record)
+    return train, tuple(held_out)
 
 
 def in_holdout(record_id: str, sources: DataSources) -> bool:

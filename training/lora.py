@@ -316,12 +316,16 @@ def read_examples(path: Path) -> list[TrainingExample]:
     return examples
 
 
+def settings_problems(exc: ValidationError) -> str:
+    """What is wrong with invalid TrainSettings, each problem with the setting it is about."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+
+
 def _read_settings(path: Path) -> TrainSettings:
     try:
         return TrainSettings.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
-        raise TrainingError(f"{path}: {problems}") from None
+        raise TrainingError(f"{path}: {settings_problems(exc)}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

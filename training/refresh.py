@@ -43,7 +43,7 @@ from storage import reviews
 from storage.db import Database
 from training.dataset import DataSources, TrainingSet, assemble
 from training.export import export_gguf_adapter
-from training.lora import TrainSettings, train_lora
+from training.lora import TrainSettings, settings_problems, train_lora
 from training.registry import ADAPTER_FILE, AdapterRegistry, Manifest, beats, registry_for
 from training.review import ensure_schema
 
@@ -152,8 +152,7 @@ def train_settings(config: Config, options: RefreshOptions) -> TrainSettings:
     try:
         return TrainSettings.model_validate({**config.training.lora, **overrides})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise RefreshError(f"training.lora in the configuration: {problems}") from None
+        raise RefreshError(f"training.lora in the configuration: {settings_problems(exc)}") from None
 
 
 def training_data(config: Config, analyzer: Analyzer, sources: DataSources) -> TrainingSet:

@@ -15,7 +15,6 @@ set's entity F1 without lowering its valid-JSON rate.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from monitor.config import Config
+from training.files import write_atomically
 
 ADAPTER_FILE = "adapter.gguf"
 MANIFEST_FILE = "manifest.json"
@@ -166,7 +166,7 @@ class AdapterRegistry:
                 number += 1
 
     def save(self, manifest: Manifest) -> None:
-        _atomic_write(self.root / manifest.version / MANIFEST_FILE, manifest.model_dump_json(indent=2))
+        write_atomically(self.root / manifest.version / MANIFEST_FILE, manifest.model_dump_json(indent=2))
 
     def promote(self, label: str, reason: str) -> Manifest:
         manifest = self.manifest(label)
@@ -203,25 +203,16 @@ class AdapterRegistry:
             self._switch(target.model_copy(update={"retired_at": None, "previous": target.previous or current}), now)
         else:
             self._retire_current(now)
-            _atomic_write(self.pointer, label + "\n")
+            write_atomically(self.pointer, label + "\n")
         return label
 
     def _switch(self, manifest: Manifest, now: datetime) -> None:
         self._retire_current(now)
         self.save(manifest)
-        _atomic_write(self.pointer, manifest.version + "\n")
+        write_atomically(self.pointer, manifest.version + "\n")
 
     def _retire_current(self, now: datetime) -> None:
         current = self.current_label()
         if _VERSION.match(current):
             self.save(self.manifest(current).model_copy(update={"retired_at": now}))
 
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a part: write aside, flush to disk, rename over."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with partial.open("w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, path)

@@ -34,6 +34,7 @@ from model.schema import CATEGORIES, POLARITIES
 from storage import reviews
 from storage.db import Database
 from storage.reviews import QueuedAnalysis, Review
+from training.files import write_atomically
 
 Ask = Callable[[str], str]  # shows a prompt, returns the line typed; raises EOFError when input ends
 Mention = dict[str, str]  # {"entity", "polarity", "category"}: the extraction format
@@ -213,12 +214,7 @@ def export_reviews(database: Database, out: Path) -> int:
         examples = reviews.reviewed_examples(conn)
     lines = [json.dumps({"id": e.record_id, "text": e.text, "extractions": e.extractions}, ensure_ascii=False)
              for e in examples]  # fmt: skip
-    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(out, "".join(line + "\n" for line in lines))
     return len(lines)
 
 
