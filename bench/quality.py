@@ -7,8 +7,8 @@ Scores the embedded base model without an adapter (its few-shot prompt) and with
 prompt) with the real analyzer, greedy and grammar-constrained as the daemon runs it, on two sets nobody trained
 on: the development set `datasets/dev.jsonl` and the held-out fold of FinEntity's training split (the 20% that
 `training/dataset.py` keeps out of every training set). The quality figures are deterministic (greedy decoding);
-`sec_per_sample` depends on the machine's load while each ran. Targets (issue 4): on dev, perfect records > 65%, entity F1 > 95%, polarity accuracy
-> 89.5%; on FinEntity, entity+polarity F1 against FinBERT-CRF's published 0.84.
+`sec_per_sample` depends on the machine's load while each ran. Targets (issue 4): on dev, perfect records > 65%,
+entity F1 > 95%, polarity accuracy > 89.5%; on FinEntity, entity+polarity F1 against FinBERT-CRF's published 0.84.
 """
 
 from __future__ import annotations

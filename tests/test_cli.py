@@ -89,7 +89,9 @@ def test_reanalyze_runs_the_model_over_every_stored_article(filled, tmp_path):
     result = invoke("reanalyze", "--config", str(filled), "--since", "20000d", "--batch", "2")
     assert result.exit_code == 0, result.output
     with Database(tmp_path / "s.duckdb").read() as conn:
-        stored = conn.execute("SELECT count(*) FROM stories WHERE state <> 'pending' AND duplicate_of IS NULL").fetchone()[0]
+        stored = conn.execute(
+            "SELECT count(*) FROM stories WHERE state <> 'pending' AND duplicate_of IS NULL"
+        ).fetchone()[0]
         analyzed = conn.execute("SELECT count(DISTINCT story_id), count(*) FROM analyses").fetchone()
         bodies = conn.execute("SELECT count(*) FROM analyses a JOIN stories s ON s.id = a.story_id "
                               "WHERE a.prompt_tokens > 0").fetchone()[0]  # fmt: skip
