@@ -11,7 +11,9 @@ from bench import quality
 from model.embedded import resolve_model_path, sha256_file
 from model.prompt import PROMPT_VERSION, TUNED_PROMPT_VERSION
 from model.settings import ModelSettings
+from monitor.analysis import build_analyzer
 from monitor.cli import app
+from monitor.config import load_config
 from training.registry import BUNDLED_ADAPTER, AdapterRegistry
 
 DEV_SET = Path(__file__).parents[1] / "datasets" / "dev.jsonl"
@@ -41,6 +43,16 @@ def test_the_bundled_adapter_is_in_use_and_recorded(tmp_path: Path) -> None:
     assert manifest.steps_done == manifest.total_steps and manifest.decision == "promoted"
     assert manifest.metrics["n_records"] == 240 and manifest.metrics["valid_json_rate"] == 1.0
     assert manifest.finentity_metrics["n_records"] > 100
+
+
+def test_starting_on_the_bundled_adapter_evaluates_only_its_own_prompt_head(config_file: Path) -> None:
+    analyzer = build_analyzer(load_config(config_file))
+    backend = analyzer.backend
+    assert backend.adapter == str(BUNDLED_ADAPTER)
+    assert backend._prompt_tokens_evaluated() < 10  # loading and switching to the adapter evaluated no head yet
+    result = analyzer.analyze("Nvidia shares rise 4% after quarterly revenue tops estimates")
+    assert result.ok and result.attempts == 1
+    assert backend._prompt_tokens_evaluated() == result.prompt_tokens  # the tuned head and the article, once each
 
 
 def test_eval_scores_the_bundled_adapter_above_the_base_model(config_file: Path, tmp_path: Path) -> None:

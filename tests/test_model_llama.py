@@ -92,8 +92,8 @@ def test_same_article_gives_identical_output_whatever_came_before(analyzer, resu
 
 
 def test_instructions_and_examples_stay_in_the_kv_cache(backend):
-    assert backend.head_tokens > 300
     generation = backend.generate(build_prompt(HEADLINES[1], tokenizer_count=backend.count_tokens))
+    assert backend.head_tokens > 300
     # llama.cpp's own count of prompt tokens decoded: only the article and the answer cue.
     assert generation.prompt_tokens_evaluated == generation.prompt_tokens - backend.head_tokens
     assert generation.prompt_tokens_evaluated < 40

@@ -45,6 +45,7 @@ class LlamaCppBackend:
         self._check_context_fits()
         self.adapter: str | None = None
         self._lora: Any = None  # the llama.cpp adapter handle
+        self.head_tokens: int | None = None  # tokens of the fixed head in the KV cache, None until evaluated
         self.set_adapter(settings.adapter)
 
     def count_tokens(self, text: str) -> int:
@@ -70,7 +71,7 @@ class LlamaCppBackend:
                 llama_cpp.llama_adapter_lora_free(self._lora)
             self._lora, self.adapter = lora, path
             self._llm.reset()
-            self._warm_head()
+            self.head_tokens = None  # warmed by the next article, so a switch right after loading costs nothing
 
     def _load(self) -> Llama:
         with _llama_chatter() as chatter:
@@ -122,12 +123,12 @@ class LlamaCppBackend:
     def _tokenize_head(self, head: str) -> list[int]:
         return self._llm.tokenize(head.encode("utf-8"), add_bos=True, special=True)
 
-    def _warm_head(self) -> None:
+    def _warm_head(self) -> int:
         """Evaluate the fixed head once, on its own, so every article continues from the same cached state."""
         head, _, _ = Prompt("", truncated=False, tuned=self.adapter is not None).segments(self.chat_template)
         tokens = self._tokenize_head(head)
         self._llm.eval(tokens)
-        self.head_tokens = len(tokens)
+        return len(tokens)
 
     def _generate(self, prompt: Prompt) -> Generation:
         llm = self._llm
@@ -137,6 +138,8 @@ class LlamaCppBackend:
         # Keep only the head of the previous prompt: the article is then always evaluated as one batch over the
         # same cached state, so its result can't depend on which article came before (batch sizes change the
         # floating-point sums). llama-cpp-python reuses exactly the first `n_tokens` cached tokens that match.
+        if self.head_tokens is None:
+            self.head_tokens = self._warm_head()
         llm.n_tokens = min(llm.n_tokens, self.head_tokens)
         gate = GrammarGate(self._vocab, self._grammar) if self._grammar else None
         decoder = StepDecoder(self._piece, gate, stop_token=llm.token_eos())
