@@ -285,7 +285,8 @@ def evaluate_model(
     limit: Annotated[int | None, typer.Option(help="Only the first N records.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     adapter: Annotated[
-        str, typer.Option(help="current (what the daemon uses), base, bundled, a version (v003) or a GGUF adapter file.")
+        str,
+        typer.Option(help="current (what the daemon uses), base, bundled, a version (v003) or a GGUF adapter file."),
     ] = "current",
     predictions: Annotated[
         Path | None, typer.Option(help="Also write each record's gold and predicted entities to this JSONL file.")

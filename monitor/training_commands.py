@@ -16,11 +16,11 @@ import typer
 from rich.table import Table
 
 from monitor.config import Config
+from storage.db import DatabaseError
+from storage.reviews import adapter_usage, review_queue
 
 if TYPE_CHECKING:
     from training.registry import Manifest
-from storage.db import DatabaseError
-from storage.reviews import adapter_usage, review_queue
 
 review_app = typer.Typer(
     help="Check and correct the model's extractions, least confident first; reviewed examples train the next adapter.",

@@ -96,23 +96,17 @@ class AdapterRegistry:
         return [self.manifest(path.parent.name) for path in found if _VERSION.match(path.parent.name)]
 
     def manifest(self, label: str) -> Manifest:
-        path = self.root / label / MANIFEST_FILE
         try:
-            return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+            return _read_manifest(self.root / label / MANIFEST_FILE)
         except FileNotFoundError:
             raise RegistryError(f"no version {label} in {self.root}") from None
-        except (OSError, ValidationError) as exc:
-            raise RegistryError(f"{path} is damaged: {exc}") from None
 
     def bundled_manifest(self) -> Manifest | None:
         """The bundled adapter's record (default.json beside default.gguf): how it was trained, its scores."""
         path = self.bundled.with_suffix(".json")
         if not (path.is_file() and self.bundled.is_file()):
             return None
-        try:
-            return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValidationError) as exc:
-            raise RegistryError(f"{path} is damaged: {exc}") from None
+        return _read_manifest(path)
 
     def current_label(self) -> str:
         """The label in use: a version, "bundled" or "base"."""
@@ -216,3 +210,12 @@ class AdapterRegistry:
         if _VERSION.match(current):
             self.save(self.manifest(current).model_copy(update={"retired_at": now}))
 
+
+def _read_manifest(path: Path) -> Manifest:
+    """A manifest file; FileNotFoundError when there is none, RegistryError when it can't be read or parsed."""
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValidationError) as exc:
+        raise RegistryError(f"{path} is damaged: {exc}") from None
