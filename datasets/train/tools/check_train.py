@@ -1,12 +1,14 @@
 """Validate the team-written training set and print its statistics.
 
-    python datasets/train/tools/check_train.py [--data FILE] [--against FILE ...] [--drop-overlaps]
+    python datasets/train/tools/check_train.py [--data FILE] [--against FILE ...] [--drop-overlaps] [--loose]
 
 Checks every record (schema, entities occur verbatim in the text, in order of first
 appearance, no repeats), looks for exact and near-duplicate texts inside the set and
 against the reference sets (the development set and the FinEntity copy by default),
 and prints counts per polarity, category and form. Exits 1 when anything is wrong.
 --drop-overlaps rewrites --data without the records that overlap a reference set.
+--loose also lists, for a person to read, records that may retell a reference record's
+event in other words (shared content words or entities); they do not fail the check.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ NEAR_RATIO = 90
 # A word-set Jaccard of 0.9 implies a ratio of the sorted-word strings well above this, so pairs below it
 # are not compared word by word.
 JACCARD_PREFILTER = 70
+# A loose match may retell the same event in other words: this share of the shorter text's content words
+# occur in the other, or the two records list this many entities in common. Reading the pairs is the check.
+LOOSE_WORD_SHARE = 0.45
+LOOSE_SHARED_ENTITIES = 2
+STOP_WORDS = frozenset(
+    "the a an and or of to in on for with its it as at by from that this is was were be will would said says after "
+    "over into than more most but while has have had their his her about up down new".split()
+)
 
 # "NEW YORK, March 3 (Reuters) - ...", "CUPERTINO, Calif. - ...", "(Reuters) - ..."
 WIRE_DATELINE = re.compile(
@@ -161,6 +171,44 @@ def find_overlaps(records: list[dict], others: list[dict]) -> list[Overlap]:
     return overlaps
 
 
+@dataclass(frozen=True)
+class LooseMatch:
+    record_id: str
+    other_id: str
+    word_share: float
+    shared_entities: tuple[str, ...]
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9&']+", text.lower()) if len(w) > 2 and w not in STOP_WORDS}
+
+
+def entity_names(record: dict) -> set[str]:
+    mentions = record.get("extractions")
+    if not isinstance(mentions, list):
+        return set()
+    return {normalize_name(m["entity"]) for m in mentions if isinstance(m, dict) and isinstance(m.get("entity"), str)}
+
+
+def loose_matches(records: list[dict], others: list[dict]) -> list[LooseMatch]:
+    """For each record, the reference record it comes closest to retelling, when it passes either threshold."""
+    references = [(o, content_words(o.get("text") or ""), entity_names(o)) for o in others]
+    matches = []
+    for record in records:
+        words, names = content_words(record["text"]), entity_names(record)
+        best: LooseMatch | None = None
+        for other, other_words, other_names in references:
+            share = len(words & other_words) / max(1, min(len(words), len(other_words)))
+            shared = tuple(sorted(names & other_names))
+            if share < LOOSE_WORD_SHARE and len(shared) < LOOSE_SHARED_ENTITIES:
+                continue
+            if best is None or (share, len(shared)) > (best.word_share, len(best.shared_entities)):
+                best = LooseMatch(record["id"], other.get("id", "?"), share, shared)
+        if best is not None:
+            matches.append(best)
+    return matches
+
+
 def sentence_count(text: str) -> int:
     """Sentences in text; a stop after an abbreviation or initials does not end one."""
     count = 1
@@ -216,6 +264,16 @@ def statistics(records: list[dict]) -> str:
     ])
 
 
+def print_loose_matches(records: list[dict], others: list[dict], reference: Path) -> None:
+    texts = {r["id"]: r["text"] for r in records} | {o.get("id", "?"): o.get("text", "") for o in others}
+    found = loose_matches(records, others)
+    print(f"loose matches with {reference.parent.name}/{reference.name}, to read: {len(found)}")
+    for match in found:
+        entities = f", entities in common: {', '.join(match.shared_entities)}" if match.shared_entities else ""
+        print(f"  {match.record_id} ~ {match.other_id}: {match.word_share:.0%} of content words{entities}")
+        print(f"    {texts[match.record_id][:150]}\n    {texts[match.other_id][:150]}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -223,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="reference sets the data must not overlap (missing files are reported and skipped)")
     parser.add_argument("--drop-overlaps", action="store_true",
                         help="rewrite --data without the records that overlap a reference set")
+    parser.add_argument("--loose", action="store_true",
+                        help="also list records that may retell a reference record's event, to read (not an error)")
     args = parser.parse_args(argv)
 
     try:
@@ -259,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         for overlap in found:
             print(f"  {overlap.record_id} ~ {overlap.other_id} ({overlap.kind})")
         external += found
+        if args.loose:
+            print_loose_matches(records, others, reference)
     if external and args.drop_overlaps:
         dropped = {o.record_id for o in external}
         kept = [r for r in records if r["id"] not in dropped]
