@@ -191,13 +191,16 @@ def entity_names(record: dict) -> set[str]:
 
 
 def loose_matches(records: list[dict], others: list[dict]) -> list[LooseMatch]:
-    """For each record, the reference record it comes closest to retelling, when it passes either threshold."""
+    """For each record, the reference record it comes closest to retelling, when it passes either threshold
+    (a record is not compared with itself)."""
     references = [(o, content_words(o.get("text") or ""), entity_names(o)) for o in others]
     matches = []
     for record in records:
         words, names = content_words(record["text"]), entity_names(record)
         best: LooseMatch | None = None
         for other, other_words, other_names in references:
+            if other.get("id") == record["id"]:
+                continue
             share = len(words & other_words) / max(1, min(len(words), len(other_words)))
             shared = tuple(sorted(names & other_names))
             if share < LOOSE_WORD_SHARE and len(shared) < LOOSE_SHARED_ENTITIES:
@@ -265,13 +268,14 @@ def statistics(records: list[dict]) -> str:
 
 
 def print_loose_matches(records: list[dict], others: list[dict], reference: Path) -> None:
-    texts = {r["id"]: r["text"] for r in records} | {o.get("id", "?"): o.get("text", "") for o in others}
+    texts = {r["id"]: r["text"] for r in records}
+    reference_texts = {o.get("id", "?"): o.get("text", "") for o in others}
     found = loose_matches(records, others)
     print(f"loose matches with {reference.parent.name}/{reference.name}, to read: {len(found)}")
     for match in found:
         entities = f", entities in common: {', '.join(match.shared_entities)}" if match.shared_entities else ""
         print(f"  {match.record_id} ~ {match.other_id}: {match.word_share:.0%} of content words{entities}")
-        print(f"    {texts[match.record_id][:150]}\n    {texts[match.other_id][:150]}")
+        print(f"    {texts[match.record_id][:150]}\n    {reference_texts[match.other_id][:150]}")
 
 
 def main(argv: list[str] | None = None) -> int:
