@@ -1,6 +1,7 @@
-"""Small building blocks for tests that add their own routes to the loopback server."""
+"""Small building blocks for tests: routes for the loopback server, labelled records written as JSONL."""
 
 import gzip
+import json
 from pathlib import Path
 
 from aiohttp import web
@@ -38,4 +39,13 @@ def add_feed_of_pages(server, indexes: list[int], path: str = "/pages.xml") -> s
         server.app.router.add_get(f"/page/{index}", serve(lambda index=index: html(page(index))))
     server.app.router.add_get(path, serve(lambda: web.Response(
         text=rss([(f"Story {i}", f"{server.base_url}/page/{i}") for i in indexes]), content_type="application/rss+xml")))
+    return path
+
+
+def extraction(entity: str, polarity: str = "+", category: str = "Performance") -> dict:
+    return {"entity": entity, "polarity": polarity, "category": category}
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path

@@ -2,36 +2,30 @@
 other words) are listed for a person to read and do not."""
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import extraction, write_jsonl
 
 CHECKER = Path(__file__).resolve().parents[1] / "datasets" / "train" / "tools" / "check_train.py"
 
 REFERENCE = {
     "id": "dev-0001",
     "text": "Tesla cut prices of its Model Y in the United States, stepping up pressure on rivals Rivian and Lucid.",
-    "extractions": [
-        {"entity": "Tesla", "polarity": "~", "category": "Business"},
-        {"entity": "Rivian", "polarity": "-", "category": "Business"},
-        {"entity": "Lucid", "polarity": "-", "category": "Business"},
-    ],
+    "extractions": [extraction("Tesla", "~", "Business"), extraction("Rivian", "-", "Business"),
+                    extraction("Lucid", "-", "Business")],
 }
 RETOLD = {
     "id": "team-00001",
     "text": "Rivian and Lucid shares slid after Tesla lowered U.S. prices for its Model Y crossover.",
-    "extractions": [
-        {"entity": "Rivian", "polarity": "-", "category": "Performance"},
-        {"entity": "Lucid", "polarity": "-", "category": "Performance"},
-        {"entity": "Tesla", "polarity": "0", "category": "Business"},
-    ],
+    "extractions": [extraction("Rivian", "-"), extraction("Lucid", "-"), extraction("Tesla", "0", "Business")],
 }
 UNRELATED = {
     "id": "team-00002",
     "text": "Kroger raised its full-year sales forecast as grocery volumes improved.",
-    "extractions": [{"entity": "Kroger", "polarity": "+", "category": "Performance"}],
+    "extractions": [extraction("Kroger")],
 }
 
 
@@ -43,11 +37,6 @@ def check_train():
     spec.loader.exec_module(module)
     yield module
     del sys.modules["check_train"]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def test_a_retold_event_is_a_loose_match_and_an_unrelated_record_or_itself_is_not(check_train) -> None:

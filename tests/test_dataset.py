@@ -15,21 +15,13 @@ from storage.reviews import ReviewedExample
 from training.convert import hf_base_dir, load_tokenizer
 from training.dataset import DataSources, assemble, in_holdout, normalize_text, overlaps
 from training.packing import encode
+from helpers import extraction, write_jsonl
 
 DEV_TEXT = "Nvidia shares rise 4% after quarterly revenue tops estimates on data-center demand"
 
 
 def count_words(text: str) -> int:
     return len(text.split())
-
-
-def extraction(entity: str, polarity: str = "+", category: str = "Performance") -> dict:
-    return {"entity": entity, "polarity": polarity, "category": category}
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 def finentity(record_id: str, text: str, *entities: tuple[str, str]) -> dict:

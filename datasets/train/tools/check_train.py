@@ -107,14 +107,20 @@ def record_errors(record: object) -> list[str]:
         if position < 0:
             errors.append(f"extraction {n}: entity {entity!r} does not occur verbatim in the text")
         positions.append(position)
-    names = [
-        normalize_name(e["entity"]) for e in extractions if isinstance(e, dict) and isinstance(e.get("entity"), str)
-    ]
+    names = entity_names(record)
     if len(set(names)) != len(names):
         errors.append("an entity is listed twice (names equal after normalize_name)")
     if positions != sorted(positions):
         errors.append("extractions are not in order of first appearance in the text")
     return errors
+
+
+def entity_names(record: dict) -> list[str]:
+    """The record's entity names after normalize_name, in order (the evaluator matches names that way)."""
+    mentions = record.get("extractions")
+    if not isinstance(mentions, list):
+        return []
+    return [normalize_name(m["entity"]) for m in mentions if isinstance(m, dict) and isinstance(m.get("entity"), str)]
 
 
 def load_jsonl(path: Path) -> tuple[list[dict], list[str]]:
@@ -183,30 +189,23 @@ def content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9&']+", text.lower()) if len(w) > 2 and w not in STOP_WORDS}
 
 
-def entity_names(record: dict) -> set[str]:
-    mentions = record.get("extractions")
-    if not isinstance(mentions, list):
-        return set()
-    return {normalize_name(m["entity"]) for m in mentions if isinstance(m, dict) and isinstance(m.get("entity"), str)}
-
-
 def loose_matches(records: list[dict], others: list[dict]) -> list[LooseMatch]:
     """For each record, the reference record it comes closest to retelling, when it passes either threshold
     (a record is not compared with itself)."""
-    references = [(o, content_words(o.get("text") or ""), entity_names(o)) for o in others]
+    references = [(o, content_words(o.get("text") or ""), set(entity_names(o))) for o in others]
     matches = []
     for record in records:
-        words, names = content_words(record["text"]), entity_names(record)
+        words, names = content_words(record["text"]), set(entity_names(record))
         best: LooseMatch | None = None
         for other, other_words, other_names in references:
             if other.get("id") == record["id"]:
                 continue
             share = len(words & other_words) / max(1, min(len(words), len(other_words)))
-            shared = tuple(sorted(names & other_names))
+            shared = names & other_names
             if share < LOOSE_WORD_SHARE and len(shared) < LOOSE_SHARED_ENTITIES:
                 continue
             if best is None or (share, len(shared)) > (best.word_share, len(best.shared_entities)):
-                best = LooseMatch(record["id"], other.get("id", "?"), share, shared)
+                best = LooseMatch(record["id"], other.get("id", "?"), share, tuple(sorted(shared)))
         if best is not None:
             matches.append(best)
     return matches
