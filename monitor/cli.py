@@ -173,7 +173,7 @@ def sentiment(
     every: Annotated[str, typer.Option("--every", help="Bucket size: 1h, 1d, ...")] = "1d",
     plot: Annotated[Path | None, typer.Option(help="Also draw the series into this PNG file.")] = None,
 ) -> None:
-    """A ticker's sentiment over time: mean score and mentions per bucket."""
+    """A ticker's sentiment over time: mean score and articles per bucket."""
     config = settings(config_file)
     window, bucket = duration(since), duration(every)
     try:
@@ -185,12 +185,12 @@ def sentiment(
         console.print(f"no sentiment for {ticker.upper()} in the last {since}")
         return
     table = Table(title=f"{ticker.upper()} sentiment per {every}, last {since}")
-    for column in ("from", "mean score", "", "mentions", "+", "-"):
+    for column in ("from", "mean score", "", "articles", "+", "-"):
         table.add_column(column, justify="right" if column not in ("", "from") else "left")
-    for start, score, mentions, positive, negative in series:
+    for start, score, articles, positive, negative in series:
         bar = "█" * round(abs(score) * 10)
         table.add_row(_when(start), f"{score:+.2f}", f"[{'green' if score >= 0 else 'red'}]{bar}[/]",
-                      str(mentions), str(positive), str(negative))
+                      str(articles), str(positive), str(negative))
     console.print(table)
     if plot:
         from monitor.plot import plot_series

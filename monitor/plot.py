@@ -25,7 +25,7 @@ def plot_series(ticker: str, series: list[tuple[datetime, float, int, int, int]]
     score_axis.set_title(f"{ticker}: news sentiment")
     count_axis.bar(times, [row[3] for row in series], color="tab:green", label="positive", width=0.02)
     count_axis.bar(times, [-row[4] for row in series], color="tab:red", label="negative", width=0.02)
-    count_axis.set_ylabel("mentions")
+    count_axis.set_ylabel("articles")
     count_axis.legend(loc="upper left", fontsize="small")
     figure.autofmt_xdate()
     figure.tight_layout()

@@ -127,12 +127,13 @@ def _versioned_refs(conn: duckdb.DuckDBPyConnection, where: str, params: list) -
 def ticker_series(
     conn: duckdb.DuckDBPyConnection, ticker: str, *, since: timedelta, bucket: str
 ) -> list[tuple[datetime, float, int, int, int]]:
-    """(bucket start, mean score, mentions, positive, negative) for one ticker, oldest first."""
+    """(bucket start, mean score, articles, positive, negative) for one ticker, oldest first; an article that
+    names the company twice counts once (view ticker_sentiment)."""
     return conn.execute(
         """
         SELECT time_bucket(?::INTERVAL, coalesce(published_at, analyzed_at)) AS bucket,
                avg(score), count(*), count(*) FILTER (WHERE polarity = '+'), count(*) FILTER (WHERE polarity = '-')
-        FROM entity_sentiment
+        FROM ticker_sentiment
         WHERE ticker = ? AND coalesce(published_at, analyzed_at) >= now() - ?::INTERVAL
         GROUP BY bucket ORDER BY bucket
         """,

@@ -76,10 +76,14 @@ def test_sentiment_series_table_and_plot(filled, tmp_path):
         conn.execute("""
             INSERT INTO extractions SELECT id, story_id, 0, 'Apple', 'AAPL', '+', 'Performance', 0.8, 0.9
             FROM analyses""")
+        conn.execute("""
+            INSERT INTO extractions SELECT id, story_id, 1, 'Apple Inc.', 'AAPL', '-', 'Performance', -0.4, 0.6
+            FROM analyses""")  # the same company under a second name, less surely: each article counts once
     plot = tmp_path / "aapl.png"
     result = invoke("sentiment", "--config", str(filled), "--ticker", "AAPL", "--since", "20000d", "--plot", str(plot))
     assert result.exit_code == 0, result.output
-    assert "+0.80" in result.output
+    [row] = [line for line in result.output.splitlines() if "+0.80" in line]
+    assert [cell.strip() for cell in row.split("│")[-4:-1]] == ["2", "2", "0"], row  # articles, +, -
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -73,6 +73,28 @@ def test_guid_matches_a_story_under_another_url(tmp_path):
     assert len(within) == 1 and within[0].tickers == ("NVDA", "AMD")
 
 
+def test_ticker_sentiment_counts_an_article_once_per_ticker(tmp_path):
+    db = Database(tmp_path / "s.duckdb")
+    with db.write() as conn:
+        [story] = writes.accept_items(conn, [item("https://x/1", "AAPL")], NOW)
+        for analysis_id in (1, 2):  # an older analysis, then the one that counts
+            conn.execute("INSERT INTO analyses (id, story_id, content_version, analyzed_at, model, prompt_version, "
+                         "ok, attempts) VALUES (?, ?, 1, now(), 'm', '1', true, 1)", [analysis_id, story.id])
+        extractions = [(1, "Apple", "AAPL", "-", -0.9, 0.99),  # superseded by analysis 2
+                       (2, "Apple", "AAPL", "+", 0.5, 0.7), (2, "Apple Inc.", "AAPL", "+", 0.9, 0.95),
+                       (2, "Microsoft", "MSFT", "0", 0.0, 0.8), (2, "Alphabet", "GOOGL", "-", -0.6, 0.8),
+                       (2, "Google", "GOOGL", "+", 0.6, 0.8), (2, "the Fed", None, "0", 0.0, 0.9)]
+        for position, (analysis_id, entity, ticker, polarity, score, confidence) in enumerate(extractions):
+            conn.execute("INSERT INTO extractions VALUES (?, ?, ?, ?, ?, ?, 'Business', ?, ?)",
+                         [analysis_id, story.id, position, entity, ticker, polarity, score, confidence])
+    with db.read() as conn:
+        rows = conn.execute("SELECT ticker, entity, polarity, score, mentions FROM ticker_sentiment "
+                            "ORDER BY ticker").fetchall()
+    assert rows == [("AAPL", "Apple Inc.", "+", 0.9, 2),  # the surer of its two names
+                    ("GOOGL", "Alphabet", "-", -0.6, 2),  # equally sure: the first name alphabetically
+                    ("MSFT", "Microsoft", "0", 0.0, 1)]  # and no row for the entity without a ticker
+
+
 async def test_writer_batches_and_answers_every_submit(tmp_path):
     db = Database(tmp_path / "s.duckdb")
     async with StoreWriter(db, interval=0.2) as writer:
