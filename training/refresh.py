@@ -191,12 +191,12 @@ def _decide(
     baseline_label = registry.current_label()
     baseline_adapter = registry.resolve(baseline_label)
     analyzer.backend.set_adapter(str(baseline_adapter.path) if baseline_adapter else None)
-    baseline = _score(analyzer, dev, f"scoring {baseline_label} on the development set", options.progress)
+    baseline = score_records(analyzer, dev, f"scoring {baseline_label} on the development set", options.progress)
     analyzer.backend.set_adapter(str(registry.root / label / ADAPTER_FILE))
-    metrics = _score(analyzer, dev, f"scoring {label} on the development set", options.progress)
+    metrics = score_records(analyzer, dev, f"scoring {label} on the development set", options.progress)
     finentity = None
     if held_out := data.finentity_holdout[: options.finentity_limit]:
-        finentity = _score(analyzer, held_out, f"scoring {label} on held-out FinEntity", options.progress)
+        finentity = score_records(analyzer, held_out, f"scoring {label} on held-out FinEntity", options.progress)
     registry.save(manifest.model_copy(update={"metrics": metrics, "finentity_metrics": finentity,
                                               "baseline": {"version": baseline_label, "metrics": baseline}}))
 
@@ -216,7 +216,7 @@ def _decide(
     return RefreshOutcome(decision, label, summary, metrics, baseline)
 
 
-def _score(analyzer: Analyzer, records: Sequence[EvalRecord], what: str, show: bool) -> dict[str, Any]:
+def score_records(analyzer: Analyzer, records: Sequence[EvalRecord], what: str, show: bool) -> dict[str, Any]:
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not show) as bar:
         task = bar.add_task(what, total=len(records))
         report = evaluate(analyzer, records, progress=lambda done, _: bar.update(task, completed=done))
