@@ -14,11 +14,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Table
 
 from monitor.config import Config, ConfigError, config_path, load_config
 from monitor.durations import parse_duration
+from storage import alerts as alert_records
 from storage import queries
 from storage.db import Database, DatabaseError
 
@@ -94,9 +96,9 @@ def run(
     stats = summary.stats
     logging.getLogger("sentimon").info(
         "done: %d polls (%d failed), %d new stories, %d pages stored, %d page failures, %d near copies, "
-        "%d analyzed, %d analyses failed validation",
+        "%d analyzed, %d analyses failed validation, %d alerts",
         stats.polls, stats.poll_errors, stats.stories_new, stats.pages_stored, stats.page_failures,
-        stats.near_duplicates, stats.analyzed, stats.analysis_failures,
+        stats.near_duplicates, stats.analyzed, stats.analysis_failures, stats.alerts,
     )
 
 
@@ -163,6 +165,31 @@ def articles(
     console.print(table)
     if not rows:
         console.print("no articles in that window")
+
+
+@app.command()
+def alerts(
+    config_file: ConfigOption = None,
+    ticker: Annotated[str | None, typer.Option("--ticker", "-t", help="Only this ticker.")] = None,
+    since: Since = "7d",
+) -> None:
+    """Alerts fired on sentiment swings, newest first, and whether they were delivered."""
+    config = settings(config_file)
+    try:
+        with open_database(config).read() as conn:
+            rows = alert_records.recent_alerts(conn, since=duration(since), ticker=ticker.upper() if ticker else None)
+    except DatabaseError as exc:
+        raise fail(str(exc)) from None
+    if not rows:
+        console.print(f"no alerts in the last {since}")
+        return
+    table = Table(title=f"alerts since {since}" + (f" for {ticker.upper()}" if ticker else ""))
+    for column in ("fired", "ticker", "alert", "delivered"):
+        table.add_column(column, overflow="fold")
+    for fired_at, symbol, message, delivered_at, error in rows:
+        delivery = _when(delivered_at) if delivered_at else f"[red]{escape(error)}[/]" if error else "no target set"
+        table.add_row(_when(fired_at), symbol, message, delivery)
+    console.print(table)
 
 
 @app.command()

@@ -12,6 +12,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model.settings import ModelSettings
 from scrapers.http import HttpSettings
+from storage.alerts import SwingRule
 
 ENV_PREFIX = "SENTIMON_"
 CONFIG_ENV = "SENTIMON_CONFIG"
@@ -49,6 +51,52 @@ class PipelineSettings(BaseModel):
         20.0, ge=0, description="On SIGTERM, time allowed to finish in-flight work; the rest stays queued in the database."
     )
 
+
+
+class AlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        True, description="After each analysis, check its tickers for a swing in sentiment (table `alerts`)."
+    )
+    window_hours: float = Field(24.0, gt=0, description="The latest news: mean score over this many hours.")
+    baseline_hours: float = Field(
+        168.0, gt=0, description="Compared with the mean over this many hours before it (0 if it holds no news)."
+    )
+    threshold: float = Field(
+        0.5, gt=0, le=2, description="Alert when the two means differ by at least this (scores run from -1 to 1)."
+    )
+    min_articles: int = Field(3, ge=1, description="Articles the latest window needs before a swing counts.")
+    cooldown_hours: float = Field(
+        6.0, ge=0, description="No second alert for a ticker in the same direction within this many hours."
+    )
+    webhook_url: str | None = Field(
+        None, description='POST each alert as JSON here ([http] retries apply); Slack webhooks show its "text".'
+    )
+    command: list[str] | None = Field(
+        None, description='Run this program with each alert as JSON on stdin, e.g. ["/usr/local/bin/notify"].'
+    )
+    command_timeout_seconds: float = Field(10.0, gt=0, description="Longest wait for the command to finish.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+    @field_validator("command")
+    @classmethod
+    def _program_named(cls, command: list[str] | None) -> list[str] | None:
+        if command is not None and not (command and command[0].strip()):
+            raise ValueError("must name the program first, e.g. [\"/usr/local/bin/notify\", \"--flag\"]")
+        return command
+
+    def rule(self) -> SwingRule:
+        return SwingRule(
+            window=timedelta(hours=self.window_hours), baseline=timedelta(hours=self.baseline_hours),
+            min_articles=self.min_articles, threshold=self.threshold, cooldown=timedelta(hours=self.cooldown_hours),
+        )  # fmt: skip
 
 
 class TrainingSettings(BaseModel):
@@ -112,6 +160,9 @@ class Config(BaseModel):
     model: ModelSettings = Field(default_factory=ModelSettings, description="The sentiment model.")
     training: TrainingSettings = Field(
         default_factory=TrainingSettings, description="Adapter training from reviews, its schedule and promotion."
+    )
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings, description="Alerts when a ticker's news sentiment swings."
     )
 
     @field_validator("watchlist")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from monitor.alerts import AlertSender
 from monitor.config import Config
 from monitor.pipeline import Pipeline, PipelineStats, now
 from scrapers.http import HttpClient
@@ -59,8 +60,9 @@ async def run_daemon(config: Config, *, once: bool = False, analyzer: Analyzer |
                 ProcessPoolExecutor(config.pipeline.extract_processes, initializer=init_worker)
             )
             model_thread = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="model"))
+            alert_sender = AlertSender(config.alerts, http) if config.alerts.enabled and analyzer is not None else None
             pipeline = Pipeline(config, writer, http, cpu_pool, analyzer=analyzer, model_thread=model_thread,
-                                before_analysis=adapter_watch(config, analyzer))
+                                before_analysis=adapter_watch(config, analyzer), alert_sender=alert_sender)
             await pipeline.start()
             work = asyncio.create_task(_poll_once(pipeline, config) if once else _poll_forever(pipeline, config, stop))
             stopped = asyncio.create_task(stop.wait())

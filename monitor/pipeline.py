@@ -1,4 +1,5 @@
-"""The pipeline: poll -> fetch -> extract -> dedupe -> store -> analyze, stages joined by bounded queues.
+"""The pipeline: poll -> fetch -> extract -> dedupe -> store -> analyze -> store -> alert, stages joined by bounded
+queues.
 
 Every story is written to DuckDB the moment a feed yields it (state 'pending'), so the queues only carry work that
 is already durable: a stop or a crash loses nothing, and a restart picks the backlog up from the database.
@@ -23,12 +24,13 @@ from scrapers.extract import Extracted, extract_article
 from scrapers.feeds import FeedError, poll_feed
 from scrapers.fetch import Page, fetch_page
 from scrapers.http import FetchError, HttpClient
-from storage import queries, writes
+from storage import alerts, queries, writes
 from storage.writer import StoreWriter
 from storage.writes import StoryRef
 
 if TYPE_CHECKING:
     from model.analyzer import AnalysisResult, Analyzer
+    from monitor.alerts import AlertSender
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +86,7 @@ class PipelineStats:
     near_duplicates: int = 0
     analyzed: int = 0
     analysis_failures: int = 0
+    alerts: int = 0
     last_errors: list[str] = field(default_factory=list)
 
     def error(self, message: str) -> None:
@@ -102,6 +105,7 @@ class Pipeline:
         analyzer: Analyzer | None = None,
         model_thread: Executor | None = None,
         before_analysis: Callable[[], None] | None = None,
+        alert_sender: AlertSender | None = None,
     ) -> None:
         self.config = config
         self.settings = config.pipeline
@@ -111,12 +115,14 @@ class Pipeline:
         self.analyzer = analyzer
         self.model_thread = model_thread
         self.before_analysis = before_analysis  # runs in the model thread before each article (adapter hot swap)
+        self.alert_sender = alert_sender  # None: no swing checks
         self.stats = PipelineStats()
         size = self.settings.queue_size
         self.fetch_queue: asyncio.Queue[StoryRef] = asyncio.Queue(size)
         self.extract_queue: asyncio.Queue[tuple[StoryRef, Page]] = asyncio.Queue(size)
         self.store_queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(size)
         self.analyze_queue: asyncio.Queue[AnalysisJob] = asyncio.Queue(size)
+        self.alert_queue: asyncio.Queue[frozenset[str]] = asyncio.Queue(size)  # tickers of a stored analysis
         self.duplicates = NearDuplicateIndex()
         self._in_flight: set[int] = set()
         self._stopping = asyncio.Event()
@@ -135,6 +141,8 @@ class Pipeline:
         ]
         if self.analyzer is not None:
             stages.append(("analyze", 1, self.analyze_queue, self._analyze))
+        if self.alert_sender is not None:
+            stages.append(("alert", 1, self.alert_queue, self._alert))
         for name, count, queue, handler in stages:
             self._workers += [
                 asyncio.create_task(self._work(queue, handler), name=f"{name}-{i}") for i in range(count)
@@ -150,7 +158,9 @@ class Pipeline:
 
     async def drain(self) -> None:
         """Wait until every queued story went through every stage."""
-        for queue in (self.fetch_queue, self.extract_queue, self.store_queue, self.analyze_queue, self.store_queue):
+        stages = (self.fetch_queue, self.extract_queue, self.store_queue, self.analyze_queue, self.store_queue,
+                  self.alert_queue)  # fmt: skip
+        for queue in stages:
             await queue.join()
 
     async def stop(self, grace: float) -> None:
@@ -309,6 +319,21 @@ class Pipeline:
         else:
             self.stats.analysis_failures += 1
             self.stats.error(f"analysis of story {job.story.id} failed: {result.error}")
+        tickers = frozenset(entity.ticker for entity in result.entities if entity.ticker)
+        if tickers and self.alert_sender is not None:
+            await self.alert_queue.put(tickers)
+
+    async def _alert(self, tickers: frozenset[str]) -> None:
+        """Record an alert for each of `tickers` whose sentiment swung, then send it where the config says."""
+        check = partial(alerts.fire_swing_alerts, tickers=sorted(tickers), now=now(), rule=self.config.alerts.rule())
+        for alert in await self.writer.submit(check):
+            self.stats.alerts += 1
+            log.warning("alert: %s", alert.message)
+            if not self.alert_sender.has_targets:
+                continue
+            if error := await self.alert_sender.send(alert):
+                self.stats.error(f"alert {alert.id} ({alert.ticker}) not delivered: {error}")
+            await self.writer.submit(partial(alerts.record_delivery, alert_id=alert.id, now=now(), error=error))
 
     def _run_model(self, text: str, title: str | None, tickers: tuple[str, ...]) -> AnalysisResult:
         if self.before_analysis is not None:  # between two articles: the one before finished on the old adapter

@@ -109,15 +109,23 @@ class HttpClient:
         Returns 2xx and 304 answers; raises FetchError for anything else. The per-host limits apply to the
         host of `url` (redirect hops are followed inside the same slot).
         """
+        return await self._request("GET", url, headers, max_bytes or self.settings.max_bytes)
+
+    async def post(self, url: str, body: bytes, *, content_type: str) -> HttpResponse:
+        """POST `body` to `url`, with the limits and retries of `get` (so a 5xx answer may see it twice)."""
+        return await self._request("POST", url, {"Content-Type": content_type}, self.settings.max_bytes, body)
+
+    async def _request(
+        self, method: str, url: str, headers: dict[str, str] | None, limit: int, data: bytes | None = None
+    ) -> HttpResponse:
         if self._session is None:
-            raise RuntimeError("HttpClient.get called outside `async with HttpClient(...)`")
+            raise RuntimeError("HttpClient used outside `async with HttpClient(...)`")
         host = _host_of(url)
-        limit = max_bytes or self.settings.max_bytes
         attempts = self.settings.max_retries + 1
         for attempt in range(attempts):
             async with self._throttle.slot(host):
                 try:
-                    return await self._get_once(self._session, url, headers, limit)
+                    return await self._request_once(self._session, method, url, headers, limit, data)
                 except FetchError as exc:
                     if not exc.retryable:
                         raise
@@ -139,12 +147,20 @@ class HttpClient:
             retry_after=failure.retry_after,
         )
 
-    async def _get_once(
-        self, session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None, limit: int
+    async def _request_once(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        limit: int,
+        data: bytes | None,
     ) -> HttpResponse:
         try:
             # aiohttp counts the first response in max_redirects
-            async with session.get(url, headers=headers, max_redirects=MAX_REDIRECTS + 1) as resp:
+            async with session.request(
+                method, url, headers=headers, data=data, max_redirects=MAX_REDIRECTS + 1
+            ) as resp:
                 if resp.status != 304 and not 200 <= resp.status < 300:
                     raise FetchError(
                         url,

@@ -81,13 +81,15 @@ def counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
                count(*) FILTER (WHERE duplicate_of IS NOT NULL),
                (SELECT count(*) FROM analyses WHERE ok),
                (SELECT count(*) FROM analyses WHERE NOT ok),
-               (SELECT count(*) FROM extractions)
+               (SELECT count(*) FROM extractions),
+               (SELECT count(*) FROM alerts),
+               (SELECT count(*) FROM alerts WHERE delivery_error IS NOT NULL)
         FROM stories
         """
     ).fetchone()
     keys = [
         "stories", "pending", "from_page", "feed_text_only", "page_retry_scheduled", "near_duplicates",
-        "analyses_ok", "analyses_failed", "entity_extractions",
+        "analyses_ok", "analyses_failed", "entity_extractions", "alerts", "alerts_undelivered",
     ]
     return dict(zip(keys, row))
 

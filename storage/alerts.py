@@ -1,0 +1,143 @@
+"""Sentiment swings: a ticker's mean score over the latest window against its mean over the window before, from
+the view ticker_sentiment (one row per article and ticker). A swing at or past the threshold, with enough recent
+articles and no alert in the same direction during the cooldown, is recorded in the alerts table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import duckdb
+
+HEADLINES = 3  # recent articles quoted in an alert: those that moved the score most in its direction
+
+
+@dataclass(frozen=True)
+class SwingRule:
+    window: timedelta  # the latest news
+    baseline: timedelta  # the window just before it: the ticker's usual tone
+    min_articles: int  # in the latest window
+    threshold: float  # |recent mean - baseline mean|, scores being in [-1, 1]
+    cooldown: timedelta  # no second alert for a ticker in the same direction within this time
+
+
+@dataclass(frozen=True)
+class Headline:
+    title: str
+    url: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    ticker: str
+    direction: str  # "up" or "down"
+    fired_at: datetime
+    recent_score: float
+    recent_articles: int
+    baseline_score: float
+    baseline_articles: int
+    message: str
+    headlines: tuple[Headline, ...]
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON sent to a webhook or command; "text" is what a Slack incoming webhook shows."""
+        fields = asdict(self)
+        fields["fired_at"] = self.fired_at.isoformat()
+        return {"text": fields.pop("message"), **fields}
+
+
+def fire_swing_alerts(
+    conn: duckdb.DuckDBPyConnection, tickers: list[str], now: datetime, rule: SwingRule
+) -> list[Alert]:
+    """Check `tickers` and record an alert for each that swung; run inside one write transaction."""
+    recent_start = now - rule.window
+    rows = conn.execute(
+        """
+        SELECT ticker,
+               avg(score) FILTER (recent), count(*) FILTER (recent),
+               coalesce(avg(score) FILTER (NOT recent), 0), count(*) FILTER (NOT recent)
+        FROM (SELECT ticker, score, coalesce(published_at, analyzed_at) AS news_time,
+                     news_time > $recent_start AS recent
+              FROM ticker_sentiment)
+        WHERE list_contains($tickers, ticker) AND news_time > $baseline_start AND news_time <= $now
+        GROUP BY ticker ORDER BY ticker
+        """,
+        {"tickers": tickers, "recent_start": recent_start, "baseline_start": recent_start - rule.baseline, "now": now},
+    ).fetchall()
+    fired = []
+    for ticker, recent, recent_n, baseline, baseline_n in rows:
+        if recent_n < rule.min_articles or abs(recent - baseline) < rule.threshold:
+            continue
+        direction = "up" if recent > baseline else "down"
+        if _alerted_lately(conn, ticker, direction, now - rule.cooldown):
+            continue
+        message = _message(ticker, direction, recent, recent_n, baseline, baseline_n, rule)
+        [(alert_id,)] = conn.execute(
+            "INSERT INTO alerts (ticker, direction, fired_at, recent_score, recent_articles, baseline_score, "
+            "baseline_articles, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            [ticker, direction, now, recent, recent_n, baseline, baseline_n, message],
+        ).fetchall()
+        headlines = _headlines(conn, ticker, direction, recent_start, now)
+        fired.append(Alert(alert_id, ticker, direction, now, recent, recent_n, baseline, baseline_n, message,
+                           headlines))  # fmt: skip
+    return fired
+
+
+def record_delivery(conn: duckdb.DuckDBPyConnection, alert_id: int, now: datetime, error: str | None) -> None:
+    conn.execute(
+        "UPDATE alerts SET delivered_at = ?, delivery_error = ? WHERE id = ?",
+        [None if error else now, error, alert_id],
+    )
+
+
+def recent_alerts(conn: duckdb.DuckDBPyConnection, *, since: timedelta, ticker: str | None = None) -> list[tuple]:
+    """(fired_at, ticker, message, delivered_at, delivery_error), newest first."""
+    return conn.execute(
+        """
+        SELECT fired_at, ticker, message, delivered_at, delivery_error FROM alerts
+        WHERE fired_at >= now() - ?::INTERVAL AND (?::VARCHAR IS NULL OR ticker = ?::VARCHAR)
+        ORDER BY fired_at DESC, id DESC
+        """,
+        [since, ticker, ticker],
+    ).fetchall()
+
+
+def _alerted_lately(conn: duckdb.DuckDBPyConnection, ticker: str, direction: str, since: datetime) -> bool:
+    return bool(conn.execute(
+        "SELECT count(*) FROM alerts WHERE ticker = ? AND direction = ? AND fired_at > ?", [ticker, direction, since]
+    ).fetchone()[0])  # fmt: skip
+
+
+def _headlines(
+    conn: duckdb.DuckDBPyConnection, ticker: str, direction: str, since: datetime, now: datetime
+) -> tuple[Headline, ...]:
+    order = "DESC" if direction == "up" else "ASC"
+    rows = conn.execute(
+        f"""
+        SELECT coalesce(a.title, ''), a.url, t.score
+        FROM ticker_sentiment t JOIN articles a ON a.id = t.article_id
+        WHERE t.ticker = ? AND coalesce(t.published_at, t.analyzed_at) > ?
+              AND coalesce(t.published_at, t.analyzed_at) <= ?
+        ORDER BY t.score {order}, t.article_id LIMIT {HEADLINES}
+        """,
+        [ticker, since, now],
+    ).fetchall()
+    return tuple(Headline(*row) for row in rows)
+
+
+def _message(
+    ticker: str, direction: str, recent: float, recent_n: int, baseline: float, baseline_n: int, rule: SwingRule
+) -> str:
+    before = (f"{baseline:+.2f} over the {_span(rule.baseline)} before ({baseline_n} articles)" if baseline_n
+              else f"no news in the {_span(rule.baseline)} before (taken as 0)")  # fmt: skip
+    verb = "rose" if direction == "up" else "fell"
+    return (f"{ticker} news sentiment {verb}: {recent:+.2f} over the last {_span(rule.window)} "
+            f"({recent_n} articles) against {before}")  # fmt: skip
+
+
+def _span(duration: timedelta) -> str:
+    hours = duration.total_seconds() / 3600
+    return f"{hours / 24:g} days" if hours >= 48 and hours % 24 == 0 else f"{hours:g} h"

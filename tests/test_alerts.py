@@ -1,0 +1,208 @@
+"""Sentiment-swing alerts: detection on a real DuckDB file, delivery to a real loopback webhook and a real command,
+and the daemon's alert stage after the real embedded model analyzed a real article."""
+
+import json
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from typer.testing import CliRunner
+
+from monitor.alerts import AlertSender
+from monitor.analysis import build_analyzer
+from monitor.cli import app
+from monitor.config import AlertSettings, Config, ConfigError, PipelineSettings, load_config
+from monitor.daemon import run_daemon
+from monitor.demo.server import FixtureServer
+from scrapers.canonical import canonical_url
+from scrapers.feeds import FeedItem
+from storage import alerts, writes
+from storage.alerts import SwingRule
+from storage.db import Database
+from helpers import add_feed_of_pages
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+RULE = SwingRule(window=timedelta(hours=24), baseline=timedelta(days=7), min_articles=3, threshold=0.5,
+                 cooldown=timedelta(hours=6))  # fmt: skip
+
+
+def add_article(conn, ticker: str, score: float, hours_ago: float, title: str = "a headline") -> None:
+    """A stored article published `hours_ago` before NOW whose newest analysis gave `ticker` this score."""
+    url = f"https://news.example/{ticker}/{hours_ago}/{score}"
+    published = NOW - timedelta(hours=hours_ago)
+    item = FeedItem(url=url, canonical_url=canonical_url(url), guid=None, title=title, summary="",
+                    published_at=published, tickers=(ticker,), feed_url="http://feeds/x")  # fmt: skip
+    [story] = writes.accept_items(conn, [item], published)
+    conn.execute("UPDATE stories SET state = 'page' WHERE id = ?", [story.id])
+    [(analysis_id,)] = conn.execute(
+        "INSERT INTO analyses (story_id, content_version, analyzed_at, model, prompt_version, ok, attempts) "
+        "VALUES (?, 1, ?, 'm', '1', true, 1) RETURNING id", [story.id, published]).fetchall()  # fmt: skip
+    polarity = "+" if score > 0 else "-" if score < 0 else "0"
+    conn.execute("INSERT INTO extractions VALUES (?, ?, 0, ?, ?, ?, 'Business', ?, 0.9)",
+                 [analysis_id, story.id, ticker, ticker, polarity, score])  # fmt: skip
+
+
+def check(db: Database, *tickers: str, at: datetime = NOW, rule: SwingRule = RULE) -> list[alerts.Alert]:
+    with db.write() as conn:
+        return alerts.fire_swing_alerts(conn, list(tickers), at, rule)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    return Database(tmp_path / "s.duckdb")
+
+
+def test_a_swing_past_the_threshold_fires_once_per_direction_and_cooldown(db: Database) -> None:
+    with db.write() as conn:
+        for hours_ago in (30, 50, 100):  # the week before: mildly good
+            add_article(conn, "ACME", 0.3, hours_ago)
+        for hours_ago, score, title in ((1, -0.9, "ACME sued"), (2, -0.7, "ACME misses"), (3, -0.2, "ACME flat")):
+            add_article(conn, "ACME", score, hours_ago, title)
+        add_article(conn, "ACME", 0.9, 24 * 30)  # older than the baseline window: not counted
+    [alert] = check(db, "ACME")
+    assert (alert.ticker, alert.direction, alert.recent_articles, alert.baseline_articles) == ("ACME", "down", 3, 3)
+    assert alert.recent_score == pytest.approx(-0.6) and alert.baseline_score == pytest.approx(0.3)
+    assert alert.message == ("ACME news sentiment fell: -0.60 over the last 24 h (3 articles) against +0.30 "
+                             "over the 7 days before (3 articles)")  # fmt: skip
+    assert [h.title for h in alert.headlines] == ["ACME sued", "ACME misses", "ACME flat"]
+    assert check(db, "ACME") == check(db, "ACME", at=NOW + timedelta(hours=5)) == []  # the cooldown
+    [reminder] = check(db, "ACME", at=NOW + timedelta(hours=7))  # past it, and the swing still holds
+    assert reminder.direction == "down"
+    with db.write() as conn:  # a day later good news: the bad days are now the baseline
+        for hours_ago in (-10, -20, -25):
+            add_article(conn, "ACME", 1.0, hours_ago)
+    [up] = check(db, "ACME", at=NOW + timedelta(hours=30))
+    assert up.direction == "up" and up.baseline_articles == 6
+    with db.read() as conn:
+        listed = alerts.recent_alerts(conn, since=timedelta(days=99999), ticker="ACME")
+    assert [message for _, _, message, _, _ in listed] == [up.message, reminder.message, alert.message]
+
+
+def test_too_few_articles_or_too_small_a_swing_fire_nothing(db: Database) -> None:
+    with db.write() as conn:
+        add_article(conn, "FEW", -0.9, 1)
+        add_article(conn, "FEW", -0.9, 2)  # two articles; three needed
+        for hours_ago in (1, 2, 3):
+            add_article(conn, "CALM", -0.3, hours_ago)
+        add_article(conn, "CALM", 0.1, 40)  # a swing of 0.4 < 0.5
+    assert check(db, "FEW", "CALM") == []
+
+
+def test_without_earlier_news_the_baseline_is_neutral(db: Database) -> None:
+    with db.write() as conn:
+        for hours_ago in (1, 2, 3):
+            add_article(conn, "NEW", 0.8, hours_ago)
+    [alert] = check(db, "NEW", "OTHER")
+    assert alert.direction == "up" and alert.baseline_articles == 0
+    assert alert.message.endswith("against no news in the 7 days before (taken as 0)")
+
+
+class Webhook:
+    """A loopback stand-in for a Slack incoming webhook: records each POST and answers the next scripted status."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.received: list[dict] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append(await request.json())
+        status = self.statuses.pop(0) if self.statuses else 200
+        return web.Response(status=status, text="ok" if status == 200 else "invalid_payload",
+                            headers={"Retry-After": "0"} if status in (429, 503) else None)  # fmt: skip
+
+
+async def serve_webhook(hook: Webhook) -> FixtureServer:
+    server = FixtureServer(tickers=[])
+    server.app.router.add_post("/hook", hook.handle)
+    return server
+
+
+def an_alert(db: Database) -> alerts.Alert:
+    with db.write() as conn:
+        for hours_ago in (1, 2, 3):
+            add_article(conn, "ACME", -0.8, hours_ago, "ACME recalls trucks")
+    [alert] = check(db, "ACME")
+    return alert
+
+
+async def test_the_webhook_gets_slack_text_and_the_fields_and_a_503_is_retried(db: Database, http_client) -> None:
+    hook = Webhook(503, 200)
+    async with await serve_webhook(hook) as server:
+        error = await AlertSender(AlertSettings(webhook_url=server.base_url + "/hook"), http_client).send(
+            alert := an_alert(db))
+    assert error is None and len(hook.received) == 2
+    body = hook.received[-1]
+    assert body["text"] == alert.message and body["ticker"] == "ACME" and body["direction"] == "down"
+    assert body["headlines"][0]["title"] == "ACME recalls trucks" and body["fired_at"] == NOW.isoformat()
+    assert "message" not in body  # it is the "text"
+
+
+async def test_a_refused_or_unreachable_webhook_is_reported_without_its_url(db: Database, http_client) -> None:
+    hook = Webhook(400)
+    alert = an_alert(db)
+    async with await serve_webhook(hook) as server:
+        refused = await AlertSender(AlertSettings(webhook_url=server.base_url + "/hook"), http_client).send(alert)
+    unreachable = await AlertSender(AlertSettings(webhook_url="http://127.0.0.1:9/T0/B0/secret"), http_client).send(
+        alert)
+    assert refused == "webhook: HTTP 400 Bad Request" and len(hook.received) == 1  # a 400 is not retried
+    assert unreachable.startswith("webhook: connection failed") and unreachable.endswith("(gave up after 4 attempts)")
+    assert "secret" not in unreachable
+
+
+async def test_the_command_reads_the_alert_on_stdin_and_its_failure_is_reported(
+    db: Database, tmp_path: Path, http_client
+) -> None:
+    alert = an_alert(db)
+    out = tmp_path / "alert.json"
+
+    async def send(command: list[str]) -> str | None:
+        return await AlertSender(AlertSettings(command=command), http_client).send(alert)
+
+    assert await send([sys.executable, "-c", f"import sys; open({str(out)!r}, 'w').write(sys.stdin.read())"]) is None
+    assert json.loads(out.read_text())["text"] == alert.message
+    failed = await send([sys.executable, "-c", "import sys; sys.exit('no route to pager')"])
+    assert failed == f"command: {sys.executable} exited with status 1: no route to pager"
+    assert (await send(["/no/such/notifier"])).startswith("command: cannot start '/no/such/notifier': No such file")
+
+
+def test_bad_alert_settings_are_named(tmp_path: Path) -> None:
+    config = tmp_path / "s.toml"
+    config.write_text('[alerts]\nwebhook_url = "hooks.slack.com/x"\ncommand = []\nthreshhold = 1\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    message = str(error.value)
+    assert "alerts.webhook_url: Value error, must be an http:// or https:// URL" in message
+    assert "alerts.command: Value error, must name the program first" in message
+    assert "alerts.threshhold: unknown key (did you mean 'threshold'?)" in message
+
+
+async def test_the_daemon_alerts_on_what_the_model_found_and_records_delivery(db_path, fast_settings) -> None:
+    hook = Webhook()
+    server = FixtureServer(tickers=[])
+    feed = add_feed_of_pages(server, [3])  # the Barron's capture on Home Depot (HD)
+    server.app.router.add_post("/hook", hook.handle)
+    async with server:
+        # every linked ticker of the one article swings from nothing: a window back to the 2020 captures, no
+        # baseline to speak of, one article enough, any score but 0
+        rule = AlertSettings(window_hours=24 * 365 * 30, baseline_hours=1, min_articles=1, threshold=0.01,
+                             webhook_url=server.base_url + "/hook")  # fmt: skip
+        config = Config(watchlist=[], extra_feeds=[server.base_url + feed], database=db_path, http=fast_settings,
+                        pipeline=PipelineSettings(write_interval_seconds=0.05), alerts=rule)  # fmt: skip
+        summary = await run_daemon(config, once=True, analyzer=build_analyzer(config))
+    with Database(db_path).read() as conn:
+        swung = {t for (t,) in conn.execute("SELECT ticker FROM ticker_sentiment WHERE abs(score) >= 0.01").fetchall()}
+        fired = conn.execute("SELECT ticker, message, delivered_at IS NOT NULL, delivery_error FROM alerts").fetchall()
+    assert swung, "the model linked no ticker in the article: nothing here would test the alert stage"
+    assert {row[0] for row in fired} == swung and summary.stats.alerts == len(fired) == len(swung)
+    assert all(delivered and error is None for *_, delivered, error in fired)
+    assert sorted(body["text"] for body in hook.received) == sorted(row[1] for row in fired)
+    config_file = db_path.parent / "s.toml"
+    config_file.write_text(f'database = "{db_path}"\n')
+    runner = CliRunner(env={"COLUMNS": "250"})
+    listing = runner.invoke(app, ["alerts", "--config", str(config_file), "--since", "1d"])
+    assert listing.exit_code == 0 and all(ticker in listing.output for ticker in swung)
+    status = runner.invoke(app, ["status", "--config", str(config_file)])
+    assert re.search(rf"│ alerts +│ {len(fired)} +│", status.output), status.output
