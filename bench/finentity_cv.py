@@ -71,6 +71,7 @@ def run_fold(analyzer: Analyzer, fold: int, out: Path, *, steps: int | None, lim
     report = score_records(analyzer, held_out, f"fold {fold}: scoring {len(held_out)} held-out records", True)
     record = {"fold": fold, "adapter": str(adapter), "data_hash": data.data_hash, "examples": data.counts(),
               "finished": finished and limit is None, "train_seconds": train_seconds, "report": report}  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)  # not made by training when fold 0 reuses the shipped adapter
     saved.write_text(json.dumps(record, indent=2), encoding="utf-8")
     return record
 

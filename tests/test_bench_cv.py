@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench.finentity_cv import FOLDS, main, pooled_f1
 from training.dataset import DataSources, in_holdout
+from training.registry import BUNDLED_ADAPTER, AdapterRegistry
 
 
 def test_the_folds_split_finentity_into_disjoint_fifths() -> None:
@@ -36,3 +37,13 @@ def test_a_fold_trains_without_its_records_and_scores_them(tmp_path: Path, capsy
     assert json.loads((tmp_path / "fold-1" / "metrics.json").read_text()) == record
     assert summary["pooled_entity_polarity_f1"] == record["report"]["entity_polarity_f1"]
     assert record["examples"]["team"] > 1800 and record["examples"]["finentity"] > 500
+
+
+def test_fold_0_scores_the_shipped_adapter_when_it_was_trained_on_that_data(tmp_path: Path, capsys) -> None:
+    assert main(["--folds", "0", "--out", str(tmp_path), "--steps", "1", "--limit", "1"]) == 0
+    [record] = json.loads(capsys.readouterr().out)["folds"]
+    assert json.loads((tmp_path / "fold-0" / "metrics.json").read_text()) == record
+    if record["data_hash"] == AdapterRegistry(tmp_path).bundled_manifest().data_hash:
+        assert record["adapter"] == str(BUNDLED_ADAPTER) and not (tmp_path / "fold-0" / "checkpoint.pt").exists()
+    else:  # the data changed since the shipped adapter was trained: fold 0 is trained like the others
+        assert record["adapter"] == str(tmp_path / "fold-0" / "adapter.gguf")
