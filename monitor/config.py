@@ -52,7 +52,6 @@ class PipelineSettings(BaseModel):
     )
 
 
-
 class AlertSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
