@@ -30,10 +30,10 @@ from bench._common import machine
 from model.analyzer import Analyzer
 from model.embedded import resolve_model_path
 from model.settings import ModelSettings
-from training.dataset import DataSources, TrainingSet, assemble
+from training.dataset import DataSources, TrainingSet
 from training.export import export_gguf_adapter
 from training.lora import TrainSettings, train_lora
-from training.refresh import score_records
+from training.refresh import assemble_for, score_records
 from training.registry import ADAPTER_FILE, BUNDLED_ADAPTER, AdapterRegistry
 
 FOLDS = range(round(1 / DataSources.holdout_fraction))
@@ -43,11 +43,8 @@ FINBERT_CRF = 0.84
 
 def fold_data(analyzer: Analyzer, fold: int) -> TrainingSet:
     """The training set `sentimon train` would build with FinEntity fold `fold` held out (no reviews)."""
-    backend = analyzer.backend
-    return assemble(
-        count_tokens=backend.count_tokens, sources=dataclasses.replace(DataSources(), holdout_fold=fold),
-        template=getattr(backend, "chat_template", None), max_input_tokens=ModelSettings().max_input_tokens,
-    )  # fmt: skip
+    sources = dataclasses.replace(DataSources(), holdout_fold=fold)
+    return assemble_for(analyzer, sources, (), max_input_tokens=ModelSettings().max_input_tokens)
 
 
 def run_fold(analyzer: Analyzer, fold: int, out: Path, *, steps: int | None, limit: int | None) -> dict[str, Any]:

@@ -156,17 +156,24 @@ def train_settings(config: Config, options: RefreshOptions) -> TrainSettings:
 
 
 def training_data(config: Config, analyzer: Analyzer, sources: DataSources) -> TrainingSet:
-    """The training set, its prompts built with the inference backend's own tokenizer and chat template."""
+    """The training set with the database's reviews."""
     reviewed: list[reviews.ReviewedExample] = []
     if config.database.exists():
         database = Database(config.database)
         ensure_schema(database)
         with database.read() as conn:
             reviewed = reviews.reviewed_examples(conn)
+    return assemble_for(analyzer, sources, reviewed, max_input_tokens=config.model.max_input_tokens)
+
+
+def assemble_for(
+    analyzer: Analyzer, sources: DataSources, reviewed: Sequence[reviews.ReviewedExample], *, max_input_tokens: int
+) -> TrainingSet:
+    """The training set, its prompts built with the inference backend's own tokenizer and chat template."""
     backend = analyzer.backend
     return assemble(
         count_tokens=backend.count_tokens, reviewed=reviewed, sources=sources,
-        template=getattr(backend, "chat_template", None), max_input_tokens=config.model.max_input_tokens,
+        template=getattr(backend, "chat_template", None), max_input_tokens=max_input_tokens,
     )  # fmt: skip
 
 
