@@ -54,8 +54,8 @@ def run_fold(analyzer: Analyzer, fold: int, out: Path, *, steps: int | None, lim
     if saved.is_file() and (done := json.loads(saved.read_text(encoding="utf-8")))["finished"] and limit is None:
         return done
     data = fold_data(analyzer, fold)
-    shipped = AdapterRegistry(out).bundled_manifest()
-    if fold == 0 and shipped is not None and shipped.data_hash == data.data_hash:
+    shipped = AdapterRegistry(out).bundled_manifest() if fold == 0 else None
+    if shipped is not None and shipped.data_hash == data.data_hash:
         adapter, finished, train_seconds = BUNDLED_ADAPTER, True, shipped.train_seconds
     else:
         settings = TrainSettings(max_steps=steps)
@@ -76,13 +76,10 @@ def run_fold(analyzer: Analyzer, fold: int, out: Path, *, steps: int | None, lim
 def pooled_f1(records: Sequence[dict[str, Any]]) -> float:
     """Entity+polarity F1 over the union of the folds' records: 2·(right polarity on a matched entity) over
     gold + predicted entities, summed across folds."""
-    right = sum(row[polarity] for r in records for polarity, row in _confusion(r).items() if polarity in row)
-    entities = sum(r["report"]["n_gold_entities"] + r["report"]["n_predicted_entities"] for r in records)
+    reports = [r["report"] for r in records]
+    right = sum(row.get(gold, 0) for report in reports for gold, row in report["polarity_confusion"].items())
+    entities = sum(report["n_gold_entities"] + report["n_predicted_entities"] for report in reports)
     return 2 * right / entities
-
-
-def _confusion(record: dict[str, Any]) -> dict[str, dict[str, int]]:
-    return record["report"]["polarity_confusion"]
 
 
 def markdown(records: Sequence[dict[str, Any]]) -> str:
