@@ -114,7 +114,8 @@ class Webhook:
                             headers={"Retry-After": "0"} if status in (429, 503) else None)  # fmt: skip
 
 
-async def serve_webhook(hook: Webhook) -> FixtureServer:
+def webhook_server(hook: Webhook) -> FixtureServer:
+    """A loopback server (not started yet) with `hook` at /hook."""
     server = FixtureServer(tickers=[])
     server.app.router.add_post("/hook", hook.handle)
     return server
@@ -130,7 +131,7 @@ def an_alert(db: Database) -> alerts.Alert:
 
 async def test_the_webhook_gets_slack_text_and_the_fields_and_a_503_is_retried(db: Database, http_client) -> None:
     hook = Webhook(503, 200)
-    async with await serve_webhook(hook) as server:
+    async with webhook_server(hook) as server:
         error = await AlertSender(AlertSettings(webhook_url=server.base_url + "/hook"), http_client).send(
             alert := an_alert(db))
     assert error is None and len(hook.received) == 2
@@ -143,7 +144,7 @@ async def test_the_webhook_gets_slack_text_and_the_fields_and_a_503_is_retried(d
 async def test_a_refused_or_unreachable_webhook_is_reported_without_its_url(db: Database, http_client) -> None:
     hook = Webhook(400)
     alert = an_alert(db)
-    async with await serve_webhook(hook) as server:
+    async with webhook_server(hook) as server:
         refused = await AlertSender(AlertSettings(webhook_url=server.base_url + "/hook"), http_client).send(alert)
     unreachable = await AlertSender(AlertSettings(webhook_url="http://127.0.0.1:9/T0/B0/secret"), http_client).send(
         alert)
@@ -181,9 +182,8 @@ def test_bad_alert_settings_are_named(tmp_path: Path) -> None:
 
 async def test_the_daemon_alerts_on_what_the_model_found_and_records_delivery(db_path, fast_settings) -> None:
     hook = Webhook()
-    server = FixtureServer(tickers=[])
+    server = webhook_server(hook)
     feed = add_feed_of_pages(server, [3])  # the Barron's capture on Home Depot (HD)
-    server.app.router.add_post("/hook", hook.handle)
     async with server:
         # every linked ticker of the one article swings from nothing: a window back to the 2020 captures, no
         # baseline to speak of, one article enough, any score but 0
