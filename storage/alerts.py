@@ -59,9 +59,7 @@ def fire_swing_alerts(
         SELECT ticker,
                avg(score) FILTER (recent), count(*) FILTER (recent),
                coalesce(avg(score) FILTER (NOT recent), 0), count(*) FILTER (NOT recent)
-        FROM (SELECT ticker, score, coalesce(published_at, analyzed_at) AS news_time,
-                     news_time > $recent_start AS recent
-              FROM ticker_sentiment)
+        FROM (SELECT ticker, score, news_time, news_time > $recent_start AS recent FROM ticker_sentiment)
         WHERE list_contains($tickers, ticker) AND news_time > $baseline_start AND news_time <= $now
         GROUP BY ticker ORDER BY ticker
         """,
@@ -119,8 +117,7 @@ def _headlines(
         f"""
         SELECT coalesce(a.title, ''), a.url, t.score
         FROM ticker_sentiment t JOIN articles a ON a.id = t.article_id
-        WHERE t.ticker = ? AND coalesce(t.published_at, t.analyzed_at) > ?
-              AND coalesce(t.published_at, t.analyzed_at) <= ?
+        WHERE t.ticker = ? AND t.news_time > ? AND t.news_time <= ?
         ORDER BY t.score {order}, t.article_id LIMIT {HEADLINES}
         """,
         [ticker, since, now],

@@ -133,10 +133,10 @@ def ticker_series(
     names the company twice counts once (view ticker_sentiment)."""
     return conn.execute(
         """
-        SELECT time_bucket(?::INTERVAL, coalesce(published_at, analyzed_at)) AS bucket,
+        SELECT time_bucket(?::INTERVAL, news_time) AS bucket,
                avg(score), count(*), count(*) FILTER (WHERE polarity = '+'), count(*) FILTER (WHERE polarity = '-')
         FROM ticker_sentiment
-        WHERE ticker = ? AND coalesce(published_at, analyzed_at) >= now() - ?::INTERVAL
+        WHERE ticker = ? AND news_time >= now() - ?::INTERVAL
         GROUP BY bucket ORDER BY bucket
         """,
         [bucket, ticker, since],

@@ -95,6 +95,22 @@ def test_ticker_sentiment_counts_an_article_once_per_ticker(tmp_path):
                     ("MSFT", "Microsoft", "0", 0.0, 1)]  # and no row for the entity without a ticker
 
 
+def test_ticker_sentiment_places_undated_news_at_its_analysis(tmp_path):
+    db = Database(tmp_path / "s.duckdb")
+    analyzed = datetime(2026, 11, 21, 8, 30, tzinfo=UTC)
+    with db.write() as conn:
+        dated, undated = writes.accept_items(conn, [item("https://x/1", "AAPL"), item("https://x/2", "MSFT")], NOW)
+        conn.execute("UPDATE stories SET published_at = NULL WHERE id = ?", [undated.id])
+        for story in (dated, undated):
+            conn.execute("INSERT INTO analyses (id, story_id, content_version, analyzed_at, model, prompt_version, "
+                         "ok, attempts) VALUES (?, ?, 1, ?, 'm', '1', true, 1)", [story.id, story.id, analyzed])
+            conn.execute("INSERT INTO extractions VALUES (?, ?, 0, 'X', ?, '+', 'Business', 0.5, 0.9)",
+                         [story.id, story.id, story.tickers[0]])
+    with db.read() as conn:
+        rows = conn.execute("SELECT ticker, news_time FROM ticker_sentiment ORDER BY ticker").fetchall()
+    assert rows == [("AAPL", NOW), ("MSFT", analyzed)]
+
+
 async def test_writer_batches_and_answers_every_submit(tmp_path):
     db = Database(tmp_path / "s.duckdb")
     async with StoreWriter(db, interval=0.2) as writer:
