@@ -85,13 +85,14 @@ def run(
 ) -> None:
     """Run the daemon in the foreground (logs to stderr). SIGTERM or Ctrl-C stops it cleanly."""
     from monitor.daemon import run_daemon
+    from monitor.metrics import MetricsError
 
     config = settings(config_file)
     setup_logging(config.log_level)
     analyzer = load_analyzer(config) if config.pipeline.analyze else None
     try:
         summary = asyncio.run(run_daemon(config, once=once, analyzer=analyzer))
-    except DatabaseError as exc:
+    except (DatabaseError, MetricsError) as exc:
         raise fail(str(exc)) from None
     stats = summary.stats
     logging.getLogger("sentimon").info(

@@ -98,6 +98,28 @@ class AlertSettings(BaseModel):
         )  # fmt: skip
 
 
+class MetricsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str | None = Field(
+        None, description='Serve Prometheus metrics at http://HOST:PORT/metrics, e.g. "127.0.0.1:9108" (unset: off).'
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, listen: str | None) -> str | None:
+        if listen is None:
+            return None
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError('must be HOST:PORT with a port from 1 to 65535, e.g. "127.0.0.1:9108"')
+        return listen
+
+    def address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class TrainingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -163,6 +185,7 @@ class Config(BaseModel):
     alerts: AlertSettings = Field(
         default_factory=AlertSettings, description="Alerts when a ticker's news sentiment swings."
     )
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics endpoint.")
 
     @field_validator("watchlist")
     @classmethod

@@ -20,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.alerts import AlertSender
 from monitor.config import Config
+from monitor.metrics import serve_metrics
 from monitor.pipeline import Pipeline, PipelineStats, now
 from scrapers.http import HttpClient
 from storage.db import Database
@@ -63,6 +64,9 @@ async def run_daemon(config: Config, *, once: bool = False, analyzer: Analyzer |
             alert_sender = AlertSender(config.alerts, http) if config.alerts.enabled and analyzer is not None else None
             pipeline = Pipeline(config, writer, http, cpu_pool, analyzer=analyzer, model_thread=model_thread,
                                 before_analysis=adapter_watch(config, analyzer), alert_sender=alert_sender)
+            if config.metrics.listen:
+                await stack.enter_async_context(serve_metrics(pipeline, config.metrics))
+                log.info("metrics at http://%s/metrics", config.metrics.listen)
             await pipeline.start()
             work = asyncio.create_task(_poll_once(pipeline, config) if once else _poll_forever(pipeline, config, stop))
             stopped = asyncio.create_task(stop.wait())

@@ -87,6 +87,11 @@ class PipelineStats:
     analyzed: int = 0
     analysis_failures: int = 0
     alerts: int = 0
+    alerts_undelivered: int = 0
+    model_seconds: float = 0.0  # summed over analyses, failed ones included
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    last_poll_ok: datetime | None = None
     last_errors: list[str] = field(default_factory=list)
 
     def error(self, message: str) -> None:
@@ -129,6 +134,12 @@ class Pipeline:
         self._workers: list[asyncio.Task] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
+
+    @property
+    def queues(self) -> dict[str, asyncio.Queue]:
+        """Each stage's input queue, by stage name."""
+        return {"fetch": self.fetch_queue, "extract": self.extract_queue, "store": self.store_queue,
+                "analyze": self.analyze_queue, "alert": self.alert_queue}  # fmt: skip
 
     async def start(self) -> None:
         since = now() - FINGERPRINT_WINDOW
@@ -196,7 +207,7 @@ class Pipeline:
             return 0
         if result.warning:
             self.stats.error(f"feed {feed_url}: {result.warning} (entries still read)")
-        stamp = now()
+        stamp = self.stats.last_poll_ok = now()
 
         def accept(conn):  # one transaction: the items and the feed's new validators land together
             new = writes.accept_items(conn, result.items, stamp)
@@ -314,6 +325,9 @@ class Pipeline:
         await self.writer.submit(
             partial(writes.store_analysis, story_id=job.story.id, content_version=job.version, result=result, now=now())
         )
+        self.stats.model_seconds += result.latency_ms / 1000
+        self.stats.prompt_tokens += result.prompt_tokens
+        self.stats.completion_tokens += result.completion_tokens
         if result.ok:
             self.stats.analyzed += 1
         else:
@@ -332,6 +346,7 @@ class Pipeline:
             if not self.alert_sender.has_targets:
                 continue
             if error := await self.alert_sender.send(alert):
+                self.stats.alerts_undelivered += 1
                 self.stats.error(f"alert {alert.id} ({alert.ticker}) not delivered: {error}")
             await self.writer.submit(partial(alerts.record_delivery, alert_id=alert.id, now=now(), error=error))
 
