@@ -45,7 +45,7 @@ class PipelineCollector(Collector):
         stats = self.pipeline.stats
         for field, help_text in COUNTERS.items():
             yield CounterMetricFamily(f"sentimon_{field}", help_text, value=getattr(stats, field))
-        depth = GaugeMetricFamily("sentimon_queue_depth", "Items waiting in each stage's bounded queue.", labels=["stage"])
+        depth = GaugeMetricFamily("sentimon_queue_depth", "Items waiting in each stage's queue.", labels=["stage"])
         for stage, queue in self.pipeline.queues.items():
             depth.add_metric([stage], queue.qsize())
         yield depth
@@ -59,9 +59,11 @@ class PipelineCollector(Collector):
         yield tokens
         if stats.last_poll_ok is not None:
             yield GaugeMetricFamily("sentimon_last_successful_poll_timestamp_seconds",
-                                    "When a feed last answered with a readable feed.", value=stats.last_poll_ok.timestamp())  # fmt: skip
+                                    "When a feed last answered with a readable feed.",
+                                    value=stats.last_poll_ok.timestamp())  # fmt: skip
         writer = self.pipeline.writer.stats
-        yield CounterMetricFamily("sentimon_db_write_batches", "Write transactions on the database.", value=writer.batches)
+        yield CounterMetricFamily("sentimon_db_write_batches", "Write transactions on the database.",
+                                  value=writer.batches)  # fmt: skip
         yield CounterMetricFamily("sentimon_db_held_seconds", "Time the daemon held the database file open for writes.",
                                   value=writer.held_seconds)  # fmt: skip
         yield CounterMetricFamily("sentimon_db_lock_waits", "Writes that waited for another process to free the file.",

@@ -158,6 +158,8 @@ class Pipeline:
             self._workers += [
                 asyncio.create_task(self._work(queue, handler), name=f"{name}-{i}") for i in range(count)
             ]
+        if self.alert_sender is not None:
+            await self._catch_up_alerts()
 
     async def load_backlog(self) -> None:
         """Queue what the database says is unfinished: pages never fetched, retries due, content never analyzed."""
@@ -343,12 +345,26 @@ class Pipeline:
         for alert in await self.writer.submit(check):
             self.stats.alerts += 1
             log.warning("alert: %s", alert.message)
-            if not self.alert_sender.has_targets:
-                continue
-            if error := await self.alert_sender.send(alert):
-                self.stats.alerts_undelivered += 1
-                self.stats.error(f"alert {alert.id} ({alert.ticker}) not delivered: {error}")
-            await self.writer.submit(partial(alerts.record_delivery, alert_id=alert.id, now=now(), error=error))
+            await self._deliver(alert)
+
+    async def _deliver(self, alert: alerts.Alert) -> None:
+        if not self.alert_sender.has_targets:
+            return
+        if error := await self.alert_sender.send(alert):
+            self.stats.alerts_undelivered += 1
+            self.stats.error(f"alert {alert.id} ({alert.ticker}) not delivered: {error}")
+        await self.writer.submit(partial(alerts.record_delivery, alert_id=alert.id, now=now(), error=error))
+
+    async def _catch_up_alerts(self) -> None:
+        """At start, what a stop may have cut short: alerts recorded but never sent, and swing checks that were
+        still queued (every ticker in the latest window's news is checked once)."""
+        window = self.config.alerts.rule().window
+        since = now() - window
+        for alert in await self.writer.submit(partial(alerts.undelivered_alerts, since=since, window=window)):
+            log.info("sending alert %d (%s), fired %s and not sent then", alert.id, alert.ticker, alert.fired_at)
+            await self._deliver(alert)
+        if tickers := await self.writer.submit(partial(alerts.tickers_in_news, since=since)):
+            await self.alert_queue.put(frozenset(tickers))
 
     def _run_model(self, text: str, title: str | None, tickers: tuple[str, ...]) -> AnalysisResult:
         if self.before_analysis is not None:  # between two articles: the one before finished on the old adapter

@@ -84,6 +84,25 @@ def fire_swing_alerts(
     return fired
 
 
+def tickers_in_news(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[str]:
+    """Tickers with an article newer than `since`: those a swing check can concern."""
+    rows = conn.execute(
+        "SELECT DISTINCT ticker FROM ticker_sentiment WHERE news_time > ? ORDER BY ticker", [since]
+    ).fetchall()
+    return [ticker for (ticker,) in rows]
+
+
+def undelivered_alerts(conn: duckdb.DuckDBPyConnection, since: datetime, window: timedelta) -> list[Alert]:
+    """Alerts fired after `since` that neither reached their targets nor failed to: the daemon stopped while
+    sending them, or had no target then. `window` is the rule's, for their headlines."""
+    rows = conn.execute(
+        "SELECT id, ticker, direction, fired_at, recent_score, recent_articles, baseline_score, baseline_articles, "
+        "message FROM alerts WHERE fired_at > ? AND delivered_at IS NULL AND delivery_error IS NULL ORDER BY id",
+        [since],
+    ).fetchall()
+    return [Alert(*row, headlines=_headlines(conn, row[1], row[2], row[3] - window, row[3])) for row in rows]
+
+
 def record_delivery(conn: duckdb.DuckDBPyConnection, alert_id: int, now: datetime, error: str | None) -> None:
     conn.execute(
         "UPDATE alerts SET delivered_at = ?, delivery_error = ? WHERE id = ?",

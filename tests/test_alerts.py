@@ -29,10 +29,12 @@ RULE = SwingRule(window=timedelta(hours=24), baseline=timedelta(days=7), min_art
                  cooldown=timedelta(hours=6))  # fmt: skip
 
 
-def add_article(conn, ticker: str, score: float, hours_ago: float, title: str = "a headline") -> None:
-    """A stored article published `hours_ago` before NOW whose newest analysis gave `ticker` this score."""
+def add_article(
+    conn, ticker: str, score: float, hours_ago: float, title: str = "a headline", at: datetime = NOW
+) -> None:
+    """A stored article published `hours_ago` before `at` whose newest analysis gave `ticker` this score."""
     url = f"https://news.example/{ticker}/{hours_ago}/{score}"
-    published = NOW - timedelta(hours=hours_ago)
+    published = at - timedelta(hours=hours_ago)
     item = FeedItem(url=url, canonical_url=canonical_url(url), guid=None, title=title, summary="",
                     published_at=published, tickers=(ticker,), feed_url="http://feeds/x")  # fmt: skip
     [story] = writes.accept_items(conn, [item], published)
@@ -206,3 +208,28 @@ async def test_the_daemon_alerts_on_what_the_model_found_and_records_delivery(db
     assert listing.exit_code == 0 and all(ticker in listing.output for ticker in swung)
     status = runner.invoke(app, ["status", "--config", str(config_file)])
     assert re.search(rf"│ alerts +│ {len(fired)} +│", status.output), status.output
+
+
+async def test_a_restart_sends_what_a_stop_cut_short_and_checks_the_latest_news(db_path, fast_settings) -> None:
+    db = Database(db_path)
+    started = datetime.now(UTC)
+    with db.write() as conn:
+        for hours_ago in (1, 2, 3):  # analyses stored just before a stop: their swing check was still queued
+            add_article(conn, "ACME", -0.8, hours_ago, "ACME recalls trucks", at=started)
+            add_article(conn, "BETA", 0.9, hours_ago, "BETA wins contract", at=started)
+        [cut_short] = alerts.fire_swing_alerts(conn, ["BETA"], started, RULE)  # recorded, never sent
+        add_article(conn, "OLD", -0.9, 48, at=started)  # news outside the window: not checked
+    hook = Webhook()
+    server = webhook_server(hook)
+    async with server:
+        config = Config(watchlist=[], database=db_path, http=fast_settings,
+                        pipeline=PipelineSettings(write_interval_seconds=0.05),
+                        alerts=AlertSettings(webhook_url=server.base_url + "/hook"))  # fmt: skip
+        summary = await run_daemon(config, once=True, analyzer=build_analyzer(config))
+    sent = [(body["id"], body["ticker"]) for body in hook.received]
+    assert sent == [(cut_short.id, "BETA"), (cut_short.id + 1, "ACME")]
+    assert hook.received[0]["headlines"][0]["title"] == "BETA wins contract"
+    assert summary.stats.alerts == 1, "BETA was counted by the run that fired it"
+    with db.read() as conn:
+        assert conn.execute("SELECT ticker FROM alerts WHERE delivered_at IS NOT NULL ORDER BY id").fetchall() == [
+            ("BETA",), ("ACME",)]
