@@ -21,6 +21,7 @@ from rich.table import Table
 from monitor.config import Config, ConfigError, config_path, load_config
 from monitor.durations import parse_duration
 from storage import alerts as alert_records
+from storage.alerts import span_text
 from storage import queries
 from storage.db import Database, DatabaseError
 
@@ -227,6 +228,41 @@ def sentiment(
             console.print(f"wrote {plot_series(ticker.upper(), series, plot)}")
         except RuntimeError as exc:
             raise fail(str(exc)) from None
+
+
+@app.command()
+def movers(
+    config_file: ConfigOption = None,
+    window: Annotated[str | None, typer.Option(help="The latest news (default: [alerts] window_hours).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Compared with (default: [alerts] baseline_hours).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many tickers.")] = 20,
+) -> None:
+    """Tickers whose news sentiment moved most: the latest window's mean score against the one before it."""
+    config = settings(config_file)
+    rule = config.alerts.rule()
+    recent = duration(window) if window else rule.window
+    before = duration(baseline) if baseline else rule.baseline
+    try:
+        with open_database(config).read() as conn:
+            moved = alert_records.swings(conn, datetime.now(UTC), recent, before)
+    except DatabaseError as exc:
+        raise fail(str(exc)) from None
+    if not moved:
+        console.print(f"no sentiment in the last {span_text(recent)}")
+        return
+    moved.sort(key=lambda swing: (-abs(swing.change), swing.ticker))
+    table = Table(title=f"sentiment, last {span_text(recent)} against the {span_text(before)} before")
+    for column in ("ticker", "articles", "score", "articles before", "score before", "change", ""):
+        table.add_column(column, justify="left" if column in ("ticker", "") else "right")
+    for swing in moved[:limit]:
+        colour = "green" if swing.change >= 0 else "red"
+        table.add_row(
+            swing.ticker, str(swing.recent_articles), f"{swing.recent_score:+.2f}", str(swing.baseline_articles),
+            f"{swing.baseline_score:+.2f}" if swing.baseline_articles else "—", f"[{colour}]{swing.change:+.2f}[/]",
+            "swing" if swing.alerts_under(rule) else "",
+        )  # fmt: skip
+    console.print(table)
+    console.print('"swing": past the [alerts] threshold with enough articles (what the daemon alerts on)', markup=False)
 
 
 @app.command()

@@ -49,38 +49,64 @@ class Alert:
         return {"text": fields.pop("message"), **fields}
 
 
-def fire_swing_alerts(
-    conn: duckdb.DuckDBPyConnection, tickers: list[str], now: datetime, rule: SwingRule
-) -> list[Alert]:
-    """Check `tickers` and record an alert for each that swung; run inside one write transaction."""
-    recent_start = now - rule.window
+@dataclass(frozen=True)
+class Swing:
+    ticker: str
+    recent_score: float
+    recent_articles: int
+    baseline_score: float  # 0 when the baseline window holds no article
+    baseline_articles: int
+
+    @property
+    def change(self) -> float:
+        return self.recent_score - self.baseline_score
+
+    def alerts_under(self, rule: SwingRule) -> bool:
+        return self.recent_articles >= rule.min_articles and abs(self.change) >= rule.threshold
+
+
+def swings(
+    conn: duckdb.DuckDBPyConnection, now: datetime, window: timedelta, baseline: timedelta,
+    tickers: list[str] | None = None,
+) -> list[Swing]:  # fmt: skip
+    """Each ticker with news in the `window` before `now` (only `tickers`, if given): its mean score there against
+    the `baseline` before it, by ticker."""
+    recent_start = now - window
     rows = conn.execute(
         """
         SELECT ticker,
                avg(score) FILTER (recent), count(*) FILTER (recent),
                coalesce(avg(score) FILTER (NOT recent), 0), count(*) FILTER (NOT recent)
         FROM (SELECT ticker, score, news_time, news_time > $recent_start AS recent FROM ticker_sentiment)
-        WHERE list_contains($tickers, ticker) AND news_time > $baseline_start AND news_time <= $now
-        GROUP BY ticker ORDER BY ticker
+        WHERE ($tickers IS NULL OR list_contains($tickers, ticker))
+              AND news_time > $baseline_start AND news_time <= $now
+        GROUP BY ticker HAVING count(*) FILTER (recent) > 0 ORDER BY ticker
         """,
-        {"tickers": tickers, "recent_start": recent_start, "baseline_start": recent_start - rule.baseline, "now": now},
+        {"tickers": tickers, "recent_start": recent_start, "baseline_start": recent_start - baseline, "now": now},
     ).fetchall()
+    return [Swing(*row) for row in rows]
+
+
+def fire_swing_alerts(
+    conn: duckdb.DuckDBPyConnection, tickers: list[str], now: datetime, rule: SwingRule
+) -> list[Alert]:
+    """Check `tickers` and record an alert for each that swung; run inside one write transaction."""
     fired = []
-    for ticker, recent, recent_n, baseline, baseline_n in rows:
-        if recent_n < rule.min_articles or abs(recent - baseline) < rule.threshold:
+    for swing in swings(conn, now, rule.window, rule.baseline, tickers):
+        if not swing.alerts_under(rule):
             continue
-        direction = "up" if recent > baseline else "down"
-        if _alerted_lately(conn, ticker, direction, now - rule.cooldown):
+        direction = "up" if swing.change > 0 else "down"
+        if _alerted_lately(conn, swing.ticker, direction, now - rule.cooldown):
             continue
-        message = _message(ticker, direction, recent, recent_n, baseline, baseline_n, rule)
+        message = _message(swing, direction, rule)
+        scores = [swing.recent_score, swing.recent_articles, swing.baseline_score, swing.baseline_articles]
         [(alert_id,)] = conn.execute(
             "INSERT INTO alerts (ticker, direction, fired_at, recent_score, recent_articles, baseline_score, "
             "baseline_articles, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            [ticker, direction, now, recent, recent_n, baseline, baseline_n, message],
+            [swing.ticker, direction, now, *scores, message],
         ).fetchall()
-        headlines = _headlines(conn, ticker, direction, recent_start, now)
-        fired.append(Alert(alert_id, ticker, direction, now, recent, recent_n, baseline, baseline_n, message,
-                           headlines))  # fmt: skip
+        headlines = _headlines(conn, swing.ticker, direction, now - rule.window, now)
+        fired.append(Alert(alert_id, swing.ticker, direction, now, *scores, message, headlines))
     return fired
 
 
@@ -144,16 +170,15 @@ def _headlines(
     return tuple(Headline(*row) for row in rows)
 
 
-def _message(
-    ticker: str, direction: str, recent: float, recent_n: int, baseline: float, baseline_n: int, rule: SwingRule
-) -> str:
-    before = (f"{baseline:+.2f} over the {_span(rule.baseline)} before ({baseline_n} articles)" if baseline_n
-              else f"no news in the {_span(rule.baseline)} before (taken as 0)")  # fmt: skip
+def _message(swing: Swing, direction: str, rule: SwingRule) -> str:
+    before = (f"no news in the {span_text(rule.baseline)} before (taken as 0)" if not swing.baseline_articles
+              else f"{swing.baseline_score:+.2f} over the {span_text(rule.baseline)} before "
+                   f"({swing.baseline_articles} articles)")  # fmt: skip
     verb = "rose" if direction == "up" else "fell"
-    return (f"{ticker} news sentiment {verb}: {recent:+.2f} over the last {_span(rule.window)} "
-            f"({recent_n} articles) against {before}")  # fmt: skip
+    return (f"{swing.ticker} news sentiment {verb}: {swing.recent_score:+.2f} over the last "
+            f"{span_text(rule.window)} ({swing.recent_articles} articles) against {before}")  # fmt: skip
 
 
-def _span(duration: timedelta) -> str:
+def span_text(duration: timedelta) -> str:
     hours = duration.total_seconds() / 3600
     return f"{hours / 24:g} days" if hours >= 48 and hours % 24 == 0 else f"{hours:g} h"

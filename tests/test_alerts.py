@@ -233,3 +233,28 @@ async def test_a_restart_sends_what_a_stop_cut_short_and_checks_the_latest_news(
     with db.read() as conn:
         assert conn.execute("SELECT ticker FROM alerts WHERE delivered_at IS NOT NULL ORDER BY id").fetchall() == [
             ("BETA",), ("ACME",)]
+
+
+def test_movers_ranks_tickers_by_how_far_their_sentiment_moved(db_path: Path) -> None:
+    started = datetime.now(UTC)
+    with Database(db_path).write() as conn:
+        for hours_ago in (1, 2, 3):
+            add_article(conn, "ACME", -0.8, hours_ago, at=started)  # fell from +0.4
+            add_article(conn, "BETA", 0.3, hours_ago, at=started)  # rose a little from 0
+        add_article(conn, "ACME", 0.4, 30, at=started)
+        add_article(conn, "BETA", 0.0, 40, at=started)
+        add_article(conn, "NEWC", 0.5, 2, at=started)  # no news before: baseline taken as 0
+        add_article(conn, "QUIET", 1.0, 30, at=started)  # nothing in the latest window: not listed
+    config = db_path.parent / "s.toml"
+    config.write_text(f'database = "{db_path}"\n')
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["movers", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:-1] for line in result.output.splitlines() if line.startswith("│")]
+    cells = [[cell.strip() for cell in row] for row in rows]
+    assert cells == [["ACME", "3", "-0.80", "1", "+0.40", "-1.20", "swing"],
+                     ["NEWC", "1", "+0.50", "0", "—", "+0.50", ""],  # past the threshold, but 1 article < 3
+                     ["BETA", "3", "+0.30", "1", "+0.00", "+0.30", ""]]  # fmt: skip
+    narrow = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["movers", "--config", str(config), "--window", "90m"])
+    assert [line.split("│")[1].strip() for line in narrow.output.splitlines() if line.startswith("│")] == [
+        "ACME", "BETA"]
+    assert '"swing": past the [alerts] threshold' in result.output
