@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from storage.migrations import migrate
+from storage.migrations import is_current, migrate
 
 _LOCK_MESSAGE = re.compile(r"lock|being used by another process", re.IGNORECASE)
 
@@ -59,10 +59,29 @@ class Database:
         if not self.path.exists():
             raise DatabaseError(f"{self.path}: no database yet (run `sentimon run --once` or `sentimon run` first)")
         conn = self._connect(read_only=True)
+        if not self._migrated and not is_current(conn):
+            conn.close()
+            self._update_schema()
+            conn = self._connect(read_only=True)
+        self._migrated = True
         try:
             yield conn
         finally:
             conn.close()
+
+    def _update_schema(self) -> None:
+        """A file written by an older sentimon (the daemon not restarted since an upgrade): readers bring its
+        schema up to date as the daemon would at start, so new queries find what they read."""
+        try:
+            with self.write():
+                pass
+        except DatabaseLocked:
+            raise
+        except DatabaseError as exc:
+            raise DatabaseError(
+                f"{self.path}: its schema is older than this sentimon's and cannot be updated here "
+                f"({exc.__cause__ or exc}); start the daemon once, or run this with write access to the file"
+            ) from exc
 
     def _connect(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout

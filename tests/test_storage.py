@@ -182,3 +182,16 @@ def test_reading_before_the_first_run_says_so(tmp_path):
     with pytest.raises(DatabaseError, match="no database yet"):
         with Database(tmp_path / "none.duckdb").read():
             pass
+
+
+def test_a_reader_brings_an_older_releases_schema_up_to_date(tmp_path):
+    path = tmp_path / "s.duckdb"
+    *older, (latest, _, _) = available()
+    with duckdb.connect(str(path)) as conn:  # the file as the previous release left it
+        current_version(conn)
+        for version, name, sql in older:
+            conn.execute(sql)
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", [version, name])
+    with Database(path).read() as conn:
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == latest
+        assert conn.execute("SELECT count(*) FROM ticker_sentiment").fetchone()[0] == 0

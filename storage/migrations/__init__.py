@@ -25,6 +25,13 @@ def current_version(conn: duckdb.DuckDBPyConnection) -> int:
     return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
 
 
+def is_current(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether every shipped migration is applied; works on a read-only connection."""
+    tracked = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_migrations'").fetchone()[0]
+    done = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0] if tracked else 0
+    return done >= available()[-1][0]
+
+
 def migrate(conn: duckdb.DuckDBPyConnection) -> list[int]:
     """Bring the schema up to date; returns the versions applied now."""
     applied = []
