@@ -358,13 +358,14 @@ class Pipeline:
     async def _catch_up_alerts(self) -> None:
         """At start, what a stop may have cut short: alerts recorded but never sent, and swing checks that were
         still queued (every ticker in the latest window's news is checked once)."""
-        window = self.config.alerts.rule().window
-        since = now() - window
-        for alert in await self.writer.submit(partial(alerts.undelivered_alerts, since=since, window=window)):
+        rule, started = self.config.alerts.rule(), now()
+        unsent = partial(alerts.undelivered_alerts, since=started - rule.window, window=rule.window)
+        for alert in await self.writer.submit(unsent):
             log.info("sending alert %d (%s), fired %s and not sent then", alert.id, alert.ticker, alert.fired_at)
             await self._deliver(alert)
-        if tickers := await self.writer.submit(partial(alerts.tickers_in_news, since=since)):
-            await self.alert_queue.put(frozenset(tickers))
+        in_news = partial(alerts.swings, now=started, window=rule.window, baseline=rule.baseline)
+        if tickers := frozenset(swing.ticker for swing in await self.writer.submit(in_news)):
+            await self.alert_queue.put(tickers)
 
     def _run_model(self, text: str, title: str | None, tickers: tuple[str, ...]) -> AnalysisResult:
         if self.before_analysis is not None:  # between two articles: the one before finished on the old adapter

@@ -110,14 +110,6 @@ def fire_swing_alerts(
     return fired
 
 
-def tickers_in_news(conn: duckdb.DuckDBPyConnection, since: datetime) -> list[str]:
-    """Tickers with an article newer than `since`: those a swing check can concern."""
-    rows = conn.execute(
-        "SELECT DISTINCT ticker FROM ticker_sentiment WHERE news_time > ? ORDER BY ticker", [since]
-    ).fetchall()
-    return [ticker for (ticker,) in rows]
-
-
 def undelivered_alerts(conn: duckdb.DuckDBPyConnection, since: datetime, window: timedelta) -> list[Alert]:
     """Alerts fired after `since` that neither reached their targets nor failed to: the daemon stopped while
     sending them, or had no target then. `window` is the rule's, for their headlines."""
