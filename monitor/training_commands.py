@@ -135,7 +135,7 @@ def adapters_list(config_file: ConfigOption = None) -> None:
         metrics, baseline = m.metrics or {}, m.baseline or {"version": "", "metrics": {}}
         analyses, kept = usage.get(str(path), ("", None))
         table.add_row(
-            label, _status(label, m, current), m.created_at.strftime("%Y-%m-%d %H:%M"), str(sum(m.examples.values())),
+            label, _status(label, m, current), m.created_at.strftime("%Y-%m-%d %H:%M"), _examples(m),
             *(_percent(metrics.get(key)) for key in ("entity_f1", "entity_polarity_f1", "valid_json_rate")),
             _percent((m.finentity_metrics or {}).get("entity_polarity_f1")),
             f"{baseline['version']} {_percent(baseline['metrics'].get('entity_f1'))}".strip(),
@@ -161,6 +161,27 @@ def adapters_rollback(
     except RegistryError as exc:
         raise cli.fail(str(exc)) from None
     cli.console.print(f"now in use: {label}")
+
+
+@adapters_app.command("merge")
+def adapters_merge(
+    sources: Annotated[list[str], typer.Argument(help="Two or more: v003, bundled, or adapter .gguf files.")],
+    config_file: ConfigOption = None,
+    promote: Annotated[bool, typer.Option(help="Promote the average if it wins (--no-promote: score only).")] = True,
+    eval_limit: Annotated[int | None, typer.Option(min=1, help="Development records to score (default: all).")] = None,
+) -> None:
+    """Average adapters of the same base model into a new version (a "model soup"), score it on the development
+    set and promote it if it wins, as `sentimon train` does with what it trains."""
+    from training.refresh import RefreshOptions, merge
+
+    cli = _cli()
+    config = cli.settings(config_file)
+    cli.setup_logging(config.log_level)
+    try:
+        outcome = merge(config, sources, RefreshOptions(promote=promote, eval_limit=eval_limit))
+    except (OSError, ValueError, RuntimeError) as exc:  # each error names the adapter or setting at fault
+        raise cli.fail(str(exc), 1) from None
+    cli.console.print(outcome.summary)
 
 
 def train(
@@ -193,6 +214,12 @@ def _status(label: str, manifest: Manifest, current: str) -> str:
     if label == BUNDLED:
         return "shipped"
     return "retired" if manifest.retired_at else manifest.decision
+
+
+def _examples(manifest: Manifest) -> str:
+    if manifest.merged_from:
+        return f"mean of {len(manifest.merged_from)}"
+    return str(sum(manifest.examples.values()))
 
 
 def _usage(cli: ModuleType, config: Config) -> dict[str | None, tuple[int, float | None]]:

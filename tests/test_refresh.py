@@ -211,3 +211,27 @@ def test_refresh_refuses_what_it_cannot_train(tmp_path: Path) -> None:
     config.write_text(tomli_w.dumps({"database": str(tmp_path / "s.duckdb"), "training": {"lora": {"ranks": 4}}}))
     result = CliRunner().invoke(app, ["train", "--config", str(config)])
     assert result.exit_code == 1 and "ranks: Extra inputs are not permitted" in result.output
+
+
+def test_merge_makes_a_scored_version_and_names_what_it_cannot_average(tiny, refreshed, tmp_path) -> None:
+    config_file = tmp_path / "sentimon.toml"
+    config_file.write_text(tomli_w.dumps(tiny.model_dump(mode="json", exclude_none=True)))
+    registry = registry_for(tiny)
+    in_use = registry.current_label()
+    runner = CliRunner(env={"COLUMNS": "200"})
+    merged = runner.invoke(app, ["adapters", "merge", "bundled", "v001", "--no-promote", "--config", str(config_file)])
+    assert merged.exit_code == 0, merged.output
+    [manifest] = [m for m in registry.versions() if m.merged_from]
+    assert manifest.merged_from == ["bundled", "v001"] and manifest.metrics["n_records"] == 2
+    assert manifest.baseline["version"] == in_use and manifest.decision in ("pending", "rejected")
+    assert registry.current_label() == in_use, "--no-promote leaves the adapter in use alone"
+    assert manifest.reviews_through == registry.manifest("v001").reviews_through
+    assert "mean of 2" in runner.invoke(app, ["adapters", "list", "--config", str(config_file)]).output
+
+    folders = sorted(path.name for path in registry.root.glob("v*"))
+    for sources, problem in ((["base", "v001"], "the base model has no adapter to average"),
+                             (["v001", "nothing.gguf"], "nothing.gguf: neither a version label"),
+                             (["v001", str(config_file)], "sentimon.toml: not a readable GGUF file")):  # fmt: skip
+        failed = runner.invoke(app, ["adapters", "merge", *sources, "--config", str(config_file)])
+        assert failed.exit_code == 1 and problem in failed.output, failed.output
+    assert sorted(path.name for path in registry.root.glob("v*")) == folders, "a failed merge leaves no version"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 from llama_cpp import Llama
 from safetensors.torch import load_file
+
+from training.adapter_file import write_adapter_gguf
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -53,23 +54,7 @@ def export_gguf_adapter(peft_dir: Path, base_gguf: Path, out_path: Path) -> Path
         suffix = ".weight.lora_a" if kind == "A.weight" else ".weight.lora_b"
         tensors[gguf_name + suffix] = value.float().contiguous().numpy()
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f"{out_path.name}.{os.getpid()}.partial")
-    writer = gguf.GGUFWriter(partial, arch)
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config["lora_alpha"]))
-    for name, array in tensors.items():
-        writer.add_tensor(name, array)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(partial, out_path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return out_path
+    return write_adapter_gguf(out_path, arch, float(config["lora_alpha"]), tensors)
 
 
 def _adapter_config(peft_dir: Path) -> dict:

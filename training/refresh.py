@@ -11,6 +11,9 @@
    and the candidate on the held-out FinEntity fold; promote the candidate only if it has the higher entity F1
    and no lower valid-JSON rate. A running daemon switches to it before its next article.
 
+`merge` (`sentimon adapters merge`) makes a candidate by averaging adapters instead (training/merge.py) and
+decides on it the same way.
+
 One training runs per registry at a time. The process lowers its own priority first (training.nice), so
 ingestion keeps the CPU it needs. `sentimon train` runs this in the foreground with progress bars; the daemon's
 schedule runs `--background` (no bars, dies with the daemon, its outcome printed as one JSON line).
@@ -22,6 +25,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -42,9 +46,13 @@ from monitor.config import Config, ConfigError, load_config
 from storage import reviews
 from storage.db import Database
 from training.dataset import DataSources, TrainingSet, assemble
+from training.adapter_file import AdapterFileError
 from training.export import export_gguf_adapter
 from training.lora import TrainSettings, settings_problems, train_lora
-from training.registry import ADAPTER_FILE, AdapterRegistry, Manifest, beats, registry_for
+from training.merge import MergeError, merge_adapters
+from training.registry import (
+    ADAPTER_FILE, BASE, BUNDLED, VERSION_LABEL, AdapterRegistry, Manifest, beats, registry_for,
+)  # fmt: skip
 from training.review import ensure_schema
 
 log = logging.getLogger("sentimon.training")
@@ -120,7 +128,53 @@ def _refresh(
     )  # fmt: skip
     registry.save(manifest)  # on record before the evaluation, so a failure there leaves a visible candidate
     log.info("trained %s: %d/%d steps, last loss %.4f", label, result.steps_done, result.total_steps, result.losses[-1])
-    return _decide(registry, manifest, analyzer, data, config, options, sources)
+    return _decide(registry, manifest, analyzer, data.finentity_holdout, config, options, sources)
+
+
+def merge(config: Config, sources: Sequence[str], options: RefreshOptions = RefreshOptions()) -> RefreshOutcome:
+    """Average adapters (registry versions, "bundled", or adapter files of the same base model) into a new version
+    (training/merge.py), then score it and promote it if it wins, as a trained candidate would be."""
+    registry = registry_for(config)
+    base = resolve_model_path(config.model)
+    base_sha = sha256_file(base)
+    parts = [_merge_part(registry, source, base_sha) for source in sources]
+    with _only_training(registry.root):
+        label = registry.reserve()
+        try:
+            merge_adapters([path for path, _ in parts], registry.root / label / ADAPTER_FILE)
+        except (MergeError, AdapterFileError):
+            (registry.root / label).rmdir()
+            raise
+        manifest = Manifest(
+            version=label, created_at=datetime.now(UTC), data_hash=_merged_hash(parts), base_model=base.name,
+            base_model_sha256=base_sha, train_settings={}, examples={}, steps_done=0, total_steps=0,
+            reviews_through=max((m.reviews_through for _, m in parts if m), default=0), merged_from=list(sources),
+        )  # fmt: skip
+        registry.save(manifest)
+        analyzer = Analyzer.from_settings(config.model.model_copy(update={"adapter": None}))
+        sources_dir = DataSources.in_folder(config.training.datasets_dir)
+        return _decide(registry, manifest, analyzer, (), config, options, sources_dir)
+
+
+def _merge_part(registry: AdapterRegistry, source: str, base_sha: str) -> tuple[Path, Manifest | None]:
+    """The adapter file a merge source names, with its manifest when it is a registry version or the bundled one."""
+    if source == BASE:
+        raise RefreshError("the base model has no adapter to average")
+    if source == BUNDLED or VERSION_LABEL.match(source):
+        adapter = registry.resolve(source)
+        manifest = registry.bundled_manifest() if source == BUNDLED else registry.manifest(source)
+        if manifest is not None and manifest.base_model_sha256 != base_sha:
+            raise RefreshError(f"{source} was trained on another base model than the configured one")
+        return adapter.path, manifest
+    path = Path(source)
+    if not path.is_file():
+        raise RefreshError(f"{source}: neither a version label (v003, bundled) nor an adapter file")
+    return path, None
+
+
+def _merged_hash(parts: Sequence[tuple[Path, Manifest | None]]) -> str:
+    hashes = sorted(manifest.data_hash if manifest else sha256_file(path) for path, manifest in parts)
+    return hashlib.sha256(("merge:" + ",".join(hashes)).encode()).hexdigest()
 
 
 @contextlib.contextmanager
@@ -190,8 +244,8 @@ def _trained_before(
 
 
 def _decide(
-    registry: AdapterRegistry, manifest: Manifest, analyzer: Analyzer, data: TrainingSet, config: Config,
-    options: RefreshOptions, sources: DataSources,
+    registry: AdapterRegistry, manifest: Manifest, analyzer: Analyzer, finentity_holdout: Sequence[EvalRecord],
+    config: Config, options: RefreshOptions, sources: DataSources,
 ) -> RefreshOutcome:  # fmt: skip
     label = manifest.version
     dev = load_records(sources.dev)[: options.eval_limit or config.training.eval_limit]
@@ -202,7 +256,7 @@ def _decide(
     analyzer.backend.set_adapter(str(registry.root / label / ADAPTER_FILE))
     metrics = score_records(analyzer, dev, f"scoring {label} on the development set", options.progress)
     finentity = None
-    if held_out := data.finentity_holdout[: options.finentity_limit]:
+    if held_out := finentity_holdout[: options.finentity_limit]:
         finentity = score_records(analyzer, held_out, f"scoring {label} on held-out FinEntity", options.progress)
     registry.save(manifest.model_copy(update={"metrics": metrics, "finentity_metrics": finentity,
                                               "baseline": {"version": baseline_label, "metrics": baseline}}))

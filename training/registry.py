@@ -33,7 +33,7 @@ BUNDLED = "bundled"
 BASE = "base"
 # The default adapter shipped with sentimon, in use while the registry has no `current` pointer.
 BUNDLED_ADAPTER = Path(__file__).parents[1] / "model" / "adapters" / "default.gguf"
-_VERSION = re.compile(r"^v(\d{3,})$")
+VERSION_LABEL = re.compile(r"^v(\d{3,})$")
 
 
 class RegistryError(RuntimeError):
@@ -62,6 +62,7 @@ class Manifest(BaseModel):
     promoted_at: datetime | None = None
     retired_at: datetime | None = None  # when another version took its place
     previous: str | None = None  # the label in use before it was promoted: where a rollback returns
+    merged_from: list[str] | None = None  # an average of these adapters (`sentimon adapters merge`), not trained
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class AdapterRegistry:
     def versions(self) -> list[Manifest]:
         """Every version with a manifest, oldest first."""
         found = sorted(self.root.glob(f"v*/{MANIFEST_FILE}")) if self.root.is_dir() else []
-        return [self.manifest(path.parent.name) for path in found if _VERSION.match(path.parent.name)]
+        return [self.manifest(path.parent.name) for path in found if VERSION_LABEL.match(path.parent.name)]
 
     def manifest(self, label: str) -> Manifest:
         try:
@@ -114,7 +115,7 @@ class AdapterRegistry:
             label = self.pointer.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return BUNDLED if self.bundled.is_file() else BASE
-        if label not in (BUNDLED, BASE) and not _VERSION.match(label):
+        if label not in (BUNDLED, BASE) and not VERSION_LABEL.match(label):
             raise RegistryError(
                 f"{self.pointer} holds {label!r}, not a version label; `sentimon adapters rollback VERSION` fixes it"
             )
@@ -149,7 +150,7 @@ class AdapterRegistry:
     def reserve(self) -> str:
         """A fresh version label, its folder created (so two trainings never get the same one)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        numbers = [int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name))]
+        numbers = [int(m.group(1)) for p in self.root.iterdir() if (m := VERSION_LABEL.match(p.name))]
         number = max(numbers, default=0) + 1
         while True:
             label = f"v{number:03d}"
@@ -182,15 +183,15 @@ class AdapterRegistry:
         """Switch to `label`, or to the label in use before the current version was promoted. Returns it."""
         current = self.current_label()
         if label is None:
-            if not _VERSION.match(current):
+            if not VERSION_LABEL.match(current):
                 raise RegistryError(f"the {current} {'adapter' if current == BUNDLED else 'model'} is in use; "
                                     "there is no earlier one to roll back to")  # fmt: skip
             label = self.manifest(current).previous or BASE
-        if label not in (BUNDLED, BASE) and not _VERSION.match(label):
+        if label not in (BUNDLED, BASE) and not VERSION_LABEL.match(label):
             raise RegistryError(f"{label!r} is not a version label: v001, v002, ..., {BUNDLED} or {BASE}")
         if label == current:
             raise RegistryError(f"{label} is already in use")
-        target = self.manifest(label) if _VERSION.match(label) else None
+        target = self.manifest(label) if VERSION_LABEL.match(label) else None
         self.resolve(label)
         now = datetime.now(UTC)
         if target:
@@ -207,7 +208,7 @@ class AdapterRegistry:
 
     def _retire_current(self, now: datetime) -> None:
         current = self.current_label()
-        if _VERSION.match(current):
+        if VERSION_LABEL.match(current):
             self.save(self.manifest(current).model_copy(update={"retired_at": now}))
 
 

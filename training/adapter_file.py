@@ -1,0 +1,67 @@
+"""llama.cpp LoRA adapter files (GGUF, general.type = "adapter"): reading and writing their tensors.
+
+Per adapted weight `<name>.lora_a` holds A (r x in) and `<name>.lora_b` holds B (out x r), in float32;
+llama.cpp adds alpha / r · B·(A·x) to that weight's output, r being each A's row count."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+
+class AdapterFileError(ValueError):
+    """The file is not a llama.cpp LoRA adapter; the message names it."""
+
+
+@dataclass(frozen=True)
+class AdapterTensors:
+    arch: str
+    alpha: float
+    tensors: dict[str, np.ndarray]  # name -> A (r x in) or B (out x r)
+
+
+def read_adapter_gguf(path: Path) -> AdapterTensors:
+    try:
+        reader = gguf.GGUFReader(path)
+    except (OSError, ValueError) as exc:
+        raise AdapterFileError(f"{path}: not a readable GGUF file ({exc})") from None
+    fields = {name: _scalar(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    if fields.get("general.type") != "adapter" or fields.get("adapter.type") != "lora":
+        raise AdapterFileError(f"{path}: a GGUF file, but not a LoRA adapter (general.type "
+                               f"{fields.get('general.type')!r}, adapter.type {fields.get('adapter.type')!r})")  # fmt: skip
+    tensors = {tensor.name: np.array(tensor.data, dtype=np.float32) for tensor in reader.tensors}
+    return AdapterTensors(fields["general.architecture"], float(fields["adapter.lora.alpha"]), tensors)
+
+
+def write_adapter_gguf(out_path: Path, arch: str, alpha: float, tensors: dict[str, np.ndarray]) -> Path:
+    """Write a llama.cpp LoRA adapter file: readers see the old file or the whole new one."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f"{out_path.name}.{os.getpid()}.partial")
+    writer = gguf.GGUFWriter(partial, arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for name, array in tensors.items():
+        writer.add_tensor(name, array)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(partial, out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out_path
+
+
+def _scalar(field: gguf.ReaderField) -> str | float | None:
+    if not field.data:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types[0] == gguf.GGUFValueType.STRING:
+        return bytes(value).decode("utf-8", errors="replace")
+    return value[0].item() if len(value) == 1 else None
