@@ -169,6 +169,8 @@ def adapters_merge(
     config_file: ConfigOption = None,
     promote: Annotated[bool, typer.Option(help="Promote the average if it wins (--no-promote: score only).")] = True,
     eval_limit: Annotated[int | None, typer.Option(min=1, help="Development records to score (default: all).")] = None,
+    rank: Annotated[int | None, typer.Option(min=1, help="Keep the mean's best approximation of this rank (a "
+                                             "smaller file; default: exact, the sum of their ranks).")] = None,
 ) -> None:
     """Average adapters of the same base model into a new version (a "model soup"), score it on the development
     set and promote it if it wins, as `sentimon train` does with what it trains."""
@@ -178,7 +180,7 @@ def adapters_merge(
     config = cli.settings(config_file)
     cli.setup_logging(config.log_level)
     try:
-        outcome = merge(config, sources, RefreshOptions(promote=promote, eval_limit=eval_limit))
+        outcome = merge(config, sources, RefreshOptions(promote=promote, eval_limit=eval_limit), rank=rank)
     except (OSError, ValueError, RuntimeError) as exc:  # each error names the adapter or setting at fault
         raise cli.fail(str(exc), 1) from None
     cli.console.print(outcome.summary)

@@ -32,13 +32,29 @@ def other(tmp_path_factory) -> Path:
 
 
 def test_the_merged_update_is_the_mean_of_the_adapters_updates(tmp_path, other):
-    merged = read_adapter_gguf(merge_adapters([SHIPPED, other], tmp_path / "mean.gguf"))
+    exact = merge_adapters([SHIPPED, other], tmp_path / "mean.gguf")
+    assert (exact.rank, exact.energy_kept) == (16 + 8, 1.0)
+    merged = read_adapter_gguf(exact.path)
     parts = [read_adapter_gguf(SHIPPED), read_adapter_gguf(other)]
     weights = sorted(name.removesuffix(".lora_a") for name in merged.tensors if name.endswith(".lora_a"))
-    assert len(weights) == 126 and merged.tensors[weights[0] + ".lora_a"].shape[0] == 16 + 8
+    assert len(weights) == 126
     for name in weights[::10]:
         mean = sum(update(part.alpha, part.tensors, name) for part in parts) / 2
         np.testing.assert_allclose(update(merged.alpha, merged.tensors, name), mean, rtol=1e-4, atol=1e-7)
+
+
+def test_a_narrower_merge_is_the_best_approximation_of_that_rank(tmp_path, other):
+    narrow = merge_adapters([SHIPPED, other], tmp_path / "narrow.gguf", rank=6)
+    merged = read_adapter_gguf(narrow.path)
+    exact = read_adapter_gguf(merge_adapters([SHIPPED, other], tmp_path / "mean.gguf").path)
+    assert narrow.rank == 6 and merged.tensors["blk.0.attn_q.weight.lora_a"].shape == (6, 640)
+    energies = []
+    for name in sorted(n.removesuffix(".lora_a") for n in merged.tensors if n.endswith(".lora_a"))[::25]:
+        u, s, vt = np.linalg.svd(update(exact.alpha, exact.tensors, name), full_matrices=False)
+        best = (u[:, :6] * s[:6]) @ vt[:6]  # Eckart-Young: the closest rank-6 matrix
+        np.testing.assert_allclose(update(merged.alpha, merged.tensors, name), best, rtol=1e-3, atol=1e-6)
+        energies.append((s[:6] ** 2).sum() / (s**2).sum())
+    assert narrow.energy_kept <= min(energies) + 1e-6 and narrow.energy_kept > 0.5
 
 
 def last_logits(adapter: Path, text: str) -> np.ndarray:
@@ -58,9 +74,9 @@ def test_llama_cpp_reads_the_merged_rank_and_scale(tmp_path, other):
     # million, llama.cpp quantizing activations for its matmuls.)
     text = "Apple shares jumped after record iPhone sales, while Samsung lost share"
     shipped = last_logits(SHIPPED, text)
-    np.testing.assert_array_equal(last_logits(merge_adapters([SHIPPED, SHIPPED], tmp_path / "twice.gguf"), text),
-                                  shipped)  # fmt: skip
-    assert not np.array_equal(last_logits(merge_adapters([SHIPPED, other], tmp_path / "mean.gguf"), text), shipped)
+    twice = merge_adapters([SHIPPED, SHIPPED], tmp_path / "twice.gguf").path
+    np.testing.assert_array_equal(last_logits(twice, text), shipped)
+    assert not np.array_equal(last_logits(merge_adapters([SHIPPED, other], tmp_path / "mean.gguf").path, text), shipped)
 
 
 def test_what_cannot_be_averaged_is_named(tmp_path, other):

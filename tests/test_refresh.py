@@ -219,10 +219,12 @@ def test_merge_makes_a_scored_version_and_names_what_it_cannot_average(tiny, ref
     registry = registry_for(tiny)
     in_use = registry.current_label()
     runner = CliRunner(env={"COLUMNS": "200"})
-    merged = runner.invoke(app, ["adapters", "merge", "bundled", "v001", "--no-promote", "--config", str(config_file)])
+    merged = runner.invoke(app, ["adapters", "merge", "bundled", "v001", "--rank", "8", "--no-promote",
+                                 "--config", str(config_file)])  # fmt: skip
     assert merged.exit_code == 0, merged.output
     [manifest] = [m for m in registry.versions() if m.merged_from]
     assert manifest.merged_from == ["bundled", "v001"] and manifest.metrics["n_records"] == 2
+    assert manifest.train_settings["rank"] == 8 and 0 < manifest.train_settings["energy_kept"] < 1
     assert manifest.baseline["version"] == in_use and manifest.decision in ("pending", "rejected")
     assert registry.current_label() == in_use, "--no-promote leaves the adapter in use alone"
     assert manifest.reviews_through == registry.manifest("v001").reviews_through

@@ -30,9 +30,10 @@ def read_adapter_gguf(path: Path) -> AdapterTensors:
     except (OSError, ValueError) as exc:
         raise AdapterFileError(f"{path}: not a readable GGUF file ({exc})") from None
     fields = {name: _scalar(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-    if fields.get("general.type") != "adapter" or fields.get("adapter.type") != "lora":
-        raise AdapterFileError(f"{path}: a GGUF file, but not a LoRA adapter (general.type "
-                               f"{fields.get('general.type')!r}, adapter.type {fields.get('adapter.type')!r})")  # fmt: skip
+    kind = fields.get("general.type"), fields.get("adapter.type")
+    if kind != ("adapter", "lora"):
+        raise AdapterFileError(f"{path}: a GGUF file, but not a LoRA adapter (general.type {kind[0]!r}, "
+                               f"adapter.type {kind[1]!r})")  # fmt: skip
     tensors = {tensor.name: np.array(tensor.data, dtype=np.float32) for tensor in reader.tensors}
     return AdapterTensors(fields["general.architecture"], float(fields["adapter.lora.alpha"]), tensors)
 

@@ -131,9 +131,12 @@ def _refresh(
     return _decide(registry, manifest, analyzer, data.finentity_holdout, config, options, sources)
 
 
-def merge(config: Config, sources: Sequence[str], options: RefreshOptions = RefreshOptions()) -> RefreshOutcome:
+def merge(
+    config: Config, sources: Sequence[str], options: RefreshOptions = RefreshOptions(), *, rank: int | None = None
+) -> RefreshOutcome:
     """Average adapters (registry versions, "bundled", or adapter files of the same base model) into a new version
-    (training/merge.py), then score it and promote it if it wins, as a trained candidate would be."""
+    (training/merge.py; at most `rank` wide if given), then score it and promote it if it wins, as a trained
+    candidate would be."""
     registry = registry_for(config)
     base = resolve_model_path(config.model)
     base_sha = sha256_file(base)
@@ -141,13 +144,16 @@ def merge(config: Config, sources: Sequence[str], options: RefreshOptions = Refr
     with _only_training(registry.root):
         label = registry.reserve()
         try:
-            merge_adapters([path for path, _ in parts], registry.root / label / ADAPTER_FILE)
+            merged = merge_adapters([path for path, _ in parts], registry.root / label / ADAPTER_FILE, rank=rank)
         except (MergeError, AdapterFileError):
             (registry.root / label).rmdir()
             raise
+        log.info("averaged %s into %s: rank %d, %.2f%% of each mean update's energy kept at least", ", ".join(sources),
+                 label, merged.rank, 100 * merged.energy_kept)  # fmt: skip
         manifest = Manifest(
             version=label, created_at=datetime.now(UTC), data_hash=_merged_hash(parts), base_model=base.name,
-            base_model_sha256=base_sha, train_settings={}, examples={}, steps_done=0, total_steps=0,
+            base_model_sha256=base_sha, examples={}, steps_done=0, total_steps=0,
+            train_settings={"rank": merged.rank, "energy_kept": round(merged.energy_kept, 6)},
             reviews_through=max((m.reviews_through for _, m in parts if m), default=0), merged_from=list(sources),
         )  # fmt: skip
         registry.save(manifest)
