@@ -21,8 +21,8 @@ from rich.table import Table
 from monitor.config import Config, ConfigError, config_path, load_config
 from monitor.durations import parse_duration
 from storage import alerts as alert_records
-from storage.alerts import span_text
 from storage import queries
+from storage.alerts import span_text
 from storage.db import Database, DatabaseError
 
 app = typer.Typer(help="sentimon: a streaming financial-news sentiment monitor.", no_args_is_help=True)

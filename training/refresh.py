@@ -142,6 +142,7 @@ def merge(
     base_sha = sha256_file(base)
     parts = [_merge_part(registry, source, base_sha) for source in sources]
     with _only_training(registry.root):
+        os.nice(config.training.nice)  # scoring it takes the CPU for minutes, as training does for longer
         label = registry.reserve()
         try:
             merged = merge_adapters([path for path, _ in parts], registry.root / label / ADAPTER_FILE, rank=rank)
@@ -154,7 +155,8 @@ def merge(
             version=label, created_at=datetime.now(UTC), data_hash=_merged_hash(parts), base_model=base.name,
             base_model_sha256=base_sha, examples={}, steps_done=0, total_steps=0,
             train_settings={"rank": merged.rank, "energy_kept": round(merged.energy_kept, 6)},
-            reviews_through=max((m.reviews_through for _, m in parts if m), default=0), merged_from=list(sources),
+            reviews_through=max((m.reviews_through for _, m in parts if m), default=0),
+            merged_from=[source if known else str(path) for source, (path, known) in zip(sources, parts)],
         )  # fmt: skip
         registry.save(manifest)
         analyzer = Analyzer.from_settings(config.model.model_copy(update={"adapter": None}))
@@ -172,7 +174,7 @@ def _merge_part(registry: AdapterRegistry, source: str, base_sha: str) -> tuple[
         if manifest is not None and manifest.base_model_sha256 != base_sha:
             raise RefreshError(f"{source} was trained on another base model than the configured one")
         return adapter.path, manifest
-    path = Path(source)
+    path = Path(source).absolute()
     if not path.is_file():
         raise RefreshError(f"{source}: neither a version label (v003, bundled) nor an adapter file")
     return path, None
