@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,19 @@ ConfigOption = Annotated[
     ),
 ]
 Since = Annotated[str, typer.Option("--since", help="How far back: 90s, 30m, 12h, 7d, 2w.")]
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="A table to read, or JSON for scripts.")]
+
+
+def print_json(value: object) -> None:
+    """JSON on stdout for scripts; times in ISO 8601."""
+    print(json.dumps(value, indent=2, default=lambda value: value.isoformat()))
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -201,6 +215,7 @@ def sentiment(
     since: Since = "7d",
     every: Annotated[str, typer.Option("--every", help="Bucket size: 1h, 1d, ...")] = "1d",
     plot: Annotated[Path | None, typer.Option(help="Also draw the series into this PNG file.")] = None,
+    output_format: FormatOption = OutputFormat.table,
 ) -> None:
     """A ticker's sentiment over time: mean score and articles per bucket."""
     config = settings(config_file)
@@ -210,24 +225,31 @@ def sentiment(
             series = queries.ticker_series(conn, ticker.upper(), since=window, bucket=bucket)
     except DatabaseError as exc:
         raise fail(str(exc)) from None
-    if not series:
+    if output_format is OutputFormat.json:
+        fields = ("bucket", "score", "articles", "positive", "negative")
+        print_json([dict(zip(fields, row, strict=True)) for row in series])
+    elif series:
+        console.print(_series_table(f"{ticker.upper()} sentiment per {every}, last {since}", series))
+    else:
         console.print(f"no sentiment for {ticker.upper()} in the last {since}")
-        return
-    table = Table(title=f"{ticker.upper()} sentiment per {every}, last {since}")
+    if plot and series:
+        from monitor.plot import plot_series
+
+        try:  # on stderr: stdout may be JSON
+            errors.print(f"wrote {plot_series(ticker.upper(), series, plot)}")
+        except RuntimeError as exc:
+            raise fail(str(exc)) from None
+
+
+def _series_table(title: str, series: list[tuple]) -> Table:
+    table = Table(title=title)
     for column in ("from", "mean score", "", "articles", "+", "-"):
         table.add_column(column, justify="right" if column not in ("", "from") else "left")
     for start, score, articles, positive, negative in series:
         bar = "█" * round(abs(score) * 10)
         table.add_row(_when(start), f"{score:+.2f}", f"[{'green' if score >= 0 else 'red'}]{bar}[/]",
-                      str(articles), str(positive), str(negative))
-    console.print(table)
-    if plot:
-        from monitor.plot import plot_series
-
-        try:
-            console.print(f"wrote {plot_series(ticker.upper(), series, plot)}")
-        except RuntimeError as exc:
-            raise fail(str(exc)) from None
+                      str(articles), str(positive), str(negative))  # fmt: skip
+    return table
 
 
 @app.command()
@@ -236,6 +258,7 @@ def movers(
     window: Annotated[str | None, typer.Option(help="The latest news (default: [alerts] window_hours).")] = None,
     baseline: Annotated[str | None, typer.Option(help="Compared with (default: [alerts] baseline_hours).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many tickers.")] = 20,
+    output_format: FormatOption = OutputFormat.table,
 ) -> None:
     """Tickers whose news sentiment moved most: the latest window's mean score against the one before it."""
     config = settings(config_file)
@@ -247,14 +270,18 @@ def movers(
             moved = alert_records.swings(conn, datetime.now(UTC), recent, before)
     except DatabaseError as exc:
         raise fail(str(exc)) from None
+    moved = sorted(moved, key=lambda swing: (-abs(swing.change), swing.ticker))[:limit]
+    if output_format is OutputFormat.json:
+        print_json([{**dataclasses.asdict(swing), "change": swing.change, "swing": swing.alerts_under(rule)}
+                    for swing in moved])  # fmt: skip
+        return
     if not moved:
         console.print(f"no sentiment in the last {span_text(recent)}")
         return
-    moved.sort(key=lambda swing: (-abs(swing.change), swing.ticker))
     table = Table(title=f"sentiment, last {span_text(recent)} against the {span_text(before)} before")
     for column in ("ticker", "articles", "score", "articles before", "score before", "change", ""):
         table.add_column(column, justify="left" if column in ("ticker", "") else "right")
-    for swing in moved[:limit]:
+    for swing in moved:
         colour = "green" if swing.change >= 0 else "red"
         table.add_row(
             swing.ticker, str(swing.recent_articles), f"{swing.recent_score:+.2f}", str(swing.baseline_articles),
@@ -347,7 +374,7 @@ def evaluate_model(
     config_file: ConfigOption = None,
     repeat: Annotated[int, typer.Option(help="Run every record this many times to measure output variance.")] = 1,
     limit: Annotated[int | None, typer.Option(help="Only the first N records.")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    output_format: FormatOption = OutputFormat.table,
     adapter: Annotated[
         str,
         typer.Option(help="current (what the daemon uses), base, bundled, a version (v003) or a GGUF adapter file."),
@@ -359,8 +386,6 @@ def evaluate_model(
     """Score the configured model on a labeled dataset."""
     from model.evaluate import DatasetError, evaluate, load_records, render_table
 
-    if output_format not in ("table", "json"):
-        raise fail(f"--format must be table or json, not {output_format!r}")
     config = settings(config_file)
     try:
         records = load_records(data)[:limit]
@@ -376,7 +401,7 @@ def evaluate_model(
         keep = (lambda record, result: out.write(_prediction_line(record, result))) if out else None
         report = evaluate(analyzer, records, repeat=repeat, on_result=keep,
                           progress=lambda done, total: progress.update(task, completed=done))  # fmt: skip
-    if output_format == "json":
+    if output_format is OutputFormat.json:
         print(json.dumps({"adapter": analyzer.backend.adapter, **report.to_json()}, indent=2))
     else:
         console.print(render_table(report))

@@ -258,3 +258,6 @@ def test_movers_ranks_tickers_by_how_far_their_sentiment_moved(db_path: Path) ->
     assert [line.split("│")[1].strip() for line in narrow.output.splitlines() if line.startswith("│")] == [
         "ACME", "BETA"]
     assert '"swing": past the [alerts] threshold' in result.output
+    as_json = CliRunner().invoke(app, ["movers", "--config", str(config), "--format", "json", "--limit", "2"])
+    assert [(m["ticker"], m["recent_articles"], m["baseline_articles"], round(m["change"], 2), m["swing"])
+            for m in json.loads(as_json.stdout)] == [("ACME", 3, 1, -1.2, True), ("NEWC", 1, 0, 0.5, False)]  # fmt: skip

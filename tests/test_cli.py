@@ -1,5 +1,8 @@
 """The `sentimon` commands a user types, on a real database filled by a real run."""
 
+import json
+from datetime import datetime
+
 import pytest
 import tomli_w
 from typer.testing import CliRunner
@@ -87,6 +90,16 @@ def test_sentiment_series_table_and_plot(filled, tmp_path):
     assert sum(articles for articles, _, _ in counts) == 2, result.output
     assert all(positive == articles and negative == 0 for articles, positive, negative in counts)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    as_json = runner.invoke(app, ["sentiment", "--config", str(filled), "--ticker", "AAPL", "--since", "20000d",
+                                  "--format", "json"])  # fmt: skip
+    buckets = json.loads(as_json.stdout)
+    assert sum(b["articles"] for b in buckets) == 2 and all(b["score"] == 0.8 for b in buckets)
+    assert all(datetime.fromisoformat(b["bucket"]).tzinfo for b in buckets)
+
+
+def test_an_unknown_output_format_is_named():
+    wrong = runner.invoke(app, ["sentiment", "--ticker", "AAPL", "--format", "csv"])
+    assert wrong.exit_code == 2 and "'csv' is not one of 'table', 'json'" in wrong.output
 
 
 def test_reanalyze_runs_the_model_over_every_stored_article(filled, tmp_path):
