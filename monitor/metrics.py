@@ -74,7 +74,7 @@ class PipelineCollector(Collector):
                                    value={"model": backend.model_id, "adapter": backend.adapter or ""})  # fmt: skip
 
 
-def registry_for(pipeline: Pipeline) -> CollectorRegistry:
+def collector_registry(pipeline: Pipeline) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PipelineCollector(pipeline))
     ProcessCollector(registry=registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
@@ -84,7 +84,7 @@ def registry_for(pipeline: Pipeline) -> CollectorRegistry:
 @asynccontextmanager
 async def serve_metrics(pipeline: Pipeline, settings: MetricsSettings) -> AsyncIterator[None]:
     """Serve /metrics on the daemon's event loop while the context is open."""
-    registry = registry_for(pipeline)
+    registry = collector_registry(pipeline)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -145,18 +145,18 @@ class Pipeline:
         since = now() - FINGERPRINT_WINDOW
         for story_id, fingerprint in await self.writer.submit(partial(queries.recent_fingerprints, since=since)):
             self.duplicates.add(story_id, fingerprint)
-        stages: list[tuple[str, int, asyncio.Queue, Callable]] = [
-            ("fetch", self.settings.fetch_concurrency, self.fetch_queue, self._fetch),
-            ("extract", self.settings.extract_processes, self.extract_queue, self._extract),
-            ("store", STORE_CONCURRENCY, self.store_queue, _run_job),
+        stages: list[tuple[str, int, Callable]] = [
+            ("fetch", self.settings.fetch_concurrency, self._fetch),
+            ("extract", self.settings.extract_processes, self._extract),
+            ("store", STORE_CONCURRENCY, _run_job),
         ]
         if self.analyzer is not None:
-            stages.append(("analyze", 1, self.analyze_queue, self._analyze))
+            stages.append(("analyze", 1, self._analyze))
         if self.alert_sender is not None:
-            stages.append(("alert", 1, self.alert_queue, self._alert))
-        for name, count, queue, handler in stages:
+            stages.append(("alert", 1, self._alert))
+        for name, count, handler in stages:
             self._workers += [
-                asyncio.create_task(self._work(queue, handler), name=f"{name}-{i}") for i in range(count)
+                asyncio.create_task(self._work(self.queues[name], handler), name=f"{name}-{i}") for i in range(count)
             ]
         if self.alert_sender is not None:
             await self._catch_up_alerts()
