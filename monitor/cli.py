@@ -402,7 +402,7 @@ def evaluate_model(
         report = evaluate(analyzer, records, repeat=repeat, on_result=keep,
                           progress=lambda done, total: progress.update(task, completed=done))  # fmt: skip
     if output_format is OutputFormat.json:
-        print(json.dumps({"adapter": analyzer.backend.adapter, **report.to_json()}, indent=2))
+        print_json({"adapter": analyzer.backend.adapter, **report.to_json()})
     else:
         console.print(render_table(report))
         console.print(f"adapter: {used}")

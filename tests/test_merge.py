@@ -94,4 +94,8 @@ def test_what_cannot_be_averaged_is_named(tmp_path, other):
     partial = write_adapter_gguf(tmp_path / "partial.gguf", shipped.arch, shipped.alpha, fewer)
     with pytest.raises(MergeError, match="partial.gguf adapts other weights"):
         merge_adapters([SHIPPED, partial], tmp_path / "x.gguf")
+    narrower = {**shipped.tensors, "blk.0.attn_q.weight.lora_a": shipped.tensors["blk.0.attn_q.weight.lora_a"][:, :320]}
+    skewed = write_adapter_gguf(tmp_path / "skewed.gguf", shipped.arch, shipped.alpha, narrower)
+    with pytest.raises(MergeError, match=r"skewed.gguf: blk.0.attn_q.weight.lora_a has shape \(16, 320\)"):
+        merge_adapters([SHIPPED, skewed], tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()

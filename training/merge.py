@@ -81,6 +81,6 @@ def _check_compatible(first_path: Path, first: AdapterTensors, path: Path, adapt
         raise MergeError(f"{path} adapts other weights than {first_path}")
     for name, tensor in adapter.tensors.items():
         other = first.tensors[name]
-        kept = tensor.shape[1] if name.endswith(".lora_a") else tensor.shape[0]  # in / out, not the rank
-        if kept != (other.shape[1] if name.endswith(".lora_a") else other.shape[0]):
+        kept = 1 if name.endswith(".lora_a") else 0  # the axis that is not the rank: A's input, B's output
+        if tensor.shape[kept] != other.shape[kept]:
             raise MergeError(f"{path}: {name} has shape {tensor.shape}, {first_path} {other.shape}")
