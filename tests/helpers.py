@@ -1,12 +1,17 @@
-"""Small building blocks for tests: routes for the loopback server, labelled records written as JSONL."""
+"""Small building blocks for tests: routes for the loopback server, labelled records written as JSONL, the
+daemon as its own process."""
 
+import asyncio
 import gzip
 import json
+import os
+import sys
 from pathlib import Path
 
 from aiohttp import web
 
-ARTICLE_PAGES = sorted((Path(__file__).parents[1] / "monitor/demo/data/html").glob("*.html.gz"))
+ROOT = Path(__file__).parents[1]
+ARTICLE_PAGES = sorted((ROOT / "monitor/demo/data/html").glob("*.html.gz"))
 
 
 def page(index: int) -> bytes:
@@ -49,3 +54,12 @@ def extraction(entity: str, polarity: str = "+", category: str = "Performance") 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+async def start_daemon(config: Path, *args: str, **env: str) -> asyncio.subprocess.Process:
+    """`sentimon run --config CONFIG ARGS` in a process of its own, stdout and stderr piped; `env` adds variables."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "monitor.cli", "run", "--config", str(config), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+    )

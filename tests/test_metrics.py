@@ -2,10 +2,8 @@
 text parser."""
 
 import asyncio
-import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import ConfigError, load_config
 from monitor.demo.server import FixtureServer
-from helpers import add_feed_of_pages
-
-ROOT = Path(__file__).parents[1]
+from helpers import add_feed_of_pages, start_daemon
 
 
 def free_port() -> int:
@@ -34,13 +30,6 @@ def write_config(path: Path, feed_url: str, db_path: Path, listen: str) -> Path:
         "pipeline": {"write_interval_seconds": 0.05}, "metrics": {"listen": listen},
     }))  # fmt: skip
     return path
-
-
-async def daemon(config: Path, *args: str, **env: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "monitor.cli", "run", "--config", str(config), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT, env={**os.environ, **env},
-    )
 
 
 async def scrape(url: str) -> dict[str, list]:
@@ -62,7 +51,7 @@ async def test_running_daemon_serves_its_counters_queues_and_model(tmp_path, db_
     feed = add_feed_of_pages(server, [0, 2])
     listen = f"127.0.0.1:{free_port()}"
     async with server:
-        process = await daemon(write_config(tmp_path / "s.toml", server.base_url + feed, db_path, listen))
+        process = await start_daemon(write_config(tmp_path / "s.toml", server.base_url + feed, db_path, listen))
         try:
             deadline = time.monotonic() + 180
             while True:
@@ -102,7 +91,7 @@ async def test_a_taken_port_stops_the_start_with_the_setting_named(tmp_path, db_
         taken.listen()
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
         config = write_config(tmp_path / "s.toml", "http://127.0.0.1:9/feed.xml", db_path, listen)
-        process = await daemon(config, "--once", SENTIMON_PIPELINE__ANALYZE="false")
+        process = await start_daemon(config, "--once", SENTIMON_PIPELINE__ANALYZE="false")
         _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode != 0
     assert f"metrics.listen {listen}: cannot listen there" in stderr.decode()

@@ -1,9 +1,7 @@
 """The ingestion path end to end: real loopback server of captures -> the real pipeline -> a real DuckDB file."""
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from monitor.config import Config, PipelineSettings
 from monitor.daemon import run_daemon
 from monitor.demo.server import FixtureServer
 from storage.db import Database
-from helpers import ARTICLE_PAGES, html, page, rss, serve
+from helpers import ARTICLE_PAGES, html, page, rss, serve, start_daemon
 
 
 
@@ -153,14 +151,6 @@ def write_config(path: Path, server: FixtureServer, db_path: Path, grace: float)
                      "shutdown_grace_seconds": grace},
     }))
     return path
-
-
-async def start_daemon(config: Path, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "monitor.cli", "run", "--config", str(config), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 async def wait_for(db_path: Path, sql: str, predicate, timeout: float = 60.0):
