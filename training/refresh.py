@@ -97,8 +97,7 @@ def refresh(config: Config, options: RefreshOptions = RefreshOptions()) -> Refre
                            f'"{config.model.backend}"')  # fmt: skip
     settings = train_settings(config, options)
     registry = registry_for(config)
-    with _only_training(registry.root):
-        os.nice(config.training.nice)
+    with _only_training(registry.root, config.training.nice):
         return _refresh(config, options, settings, registry)
 
 
@@ -141,8 +140,7 @@ def merge(
     base = resolve_model_path(config.model)
     base_sha = sha256_file(base)
     parts = [_merge_part(registry, source, base_sha) for source in sources]
-    with _only_training(registry.root):
-        os.nice(config.training.nice)  # scoring it takes the CPU for minutes, as training does for longer
+    with _only_training(registry.root, config.training.nice):  # scoring takes the CPU for minutes
         label = registry.reserve()
         try:
             merged = merge_adapters([path for path, _ in parts], registry.root / label / ADAPTER_FILE, rank=rank)
@@ -186,15 +184,16 @@ def _merged_hash(parts: Sequence[tuple[Path, Manifest | None]]) -> str:
 
 
 @contextlib.contextmanager
-def _only_training(root: Path) -> Iterator[None]:
+def _only_training(root: Path, nice: int) -> Iterator[None]:
     """One training per registry at a time: a second one (the schedule while `sentimon train` runs) stops at once.
-    The lock goes with the process, however it ends."""
+    The lock goes with the process, however it ends. The holder lowers its own priority by `nice`, for good."""
     root.mkdir(parents=True, exist_ok=True)
     with (root / LOCK_FILE).open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RefreshError(f"another training is running on {root}; try again when it is done") from None
+        os.nice(nice)
         yield
 
 
