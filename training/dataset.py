@@ -38,7 +38,7 @@ from model.schema import MAX_MENTIONS, EntityMention
 from storage.reviews import ReviewedExample
 from training.packing import TrainingExample
 
-DATASETS = Path(__file__).parents[1] / "datasets"
+DATASETS = Path(__file__).parent / "datasets"  # a link to the repository's datasets/, packaged with training
 PLACEHOLDER_CATEGORY = "Business"  # stands in for FinEntity's missing categories; kept out of the loss
 MIN_OVERLAP_CHARS = 30  # a shorter normalized text inside another is a coincidence ("apple shares rose")
 LeftOut = str  # why a record can't be trained on, counted in TrainingSet.dropped
