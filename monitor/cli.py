@@ -10,6 +10,7 @@ import logging
 import sys
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -98,7 +99,8 @@ def run(
     config_file: ConfigOption = None,
     once: Annotated[bool, typer.Option("--once", help="Poll every feed once, process all that came in, exit.")] = False,
 ) -> None:
-    """Run the daemon in the foreground (logs to stderr). SIGTERM or Ctrl-C stops it cleanly."""
+    """Run the daemon in the foreground (logs to stderr). SIGTERM or Ctrl-C stops it cleanly; SIGHUP re-reads
+    the config and follows a changed watchlist and feeds without a restart."""
     from monitor.daemon import run_daemon
     from monitor.metrics import MetricsError
 
@@ -106,7 +108,8 @@ def run(
     setup_logging(config.log_level)
     analyzer = load_analyzer(config) if config.pipeline.analyze else None
     try:
-        summary = asyncio.run(run_daemon(config, once=once, analyzer=analyzer))
+        reload = partial(load_config, config_file)
+        summary = asyncio.run(run_daemon(config, once=once, analyzer=analyzer, reload=reload))
     except (DatabaseError, MetricsError) as exc:
         raise fail(str(exc)) from None
     stats = summary.stats

@@ -6,13 +6,12 @@ import asyncio
 import ctypes
 import logging
 import os
-import random
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -22,6 +21,7 @@ from monitor.alerts import AlertSender
 from monitor.config import Config
 from monitor.metrics import serve_metrics
 from monitor.pipeline import Pipeline, PipelineStats, now
+from monitor.polling import reload_polls, schedule_polls
 from scrapers.http import HttpClient
 from storage.db import Database
 from storage.writer import StoreWriter
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 BACKLOG_CHECK_SECONDS = 60.0
 PR_SET_PDEATHSIG = 1
 WORKER_NICENESS = 10
-FIRST_POLL_SPREAD_SECONDS = 30.0  # first polls start within this window: data comes in right away, without a burst
 
 
 @dataclass
@@ -45,8 +44,11 @@ class RunSummary:
     interrupted: bool
 
 
-async def run_daemon(config: Config, *, once: bool = False, analyzer: Analyzer | None = None) -> RunSummary:
-    """Run until SIGTERM/SIGINT (or, with `once`, until every feed was polled once and all work is done)."""
+async def run_daemon(
+    config: Config, *, once: bool = False, analyzer: Analyzer | None = None, reload: Callable[[], Config] | None = None
+) -> RunSummary:
+    """Run until SIGTERM/SIGINT (or, with `once`, until every feed was polled once and all work is done).
+    `reload` reads the config again; given it, SIGHUP applies a changed watchlist and feeds without a restart."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -68,7 +70,7 @@ async def run_daemon(config: Config, *, once: bool = False, analyzer: Analyzer |
                 await stack.enter_async_context(serve_metrics(pipeline, config.metrics))
                 log.info("metrics at http://%s/metrics", config.metrics.listen)
             await pipeline.start()
-            work = asyncio.create_task(_poll_once(pipeline, config) if once else _poll_forever(pipeline, config, stop))
+            work = asyncio.create_task(_poll_once(pipeline, config) if once else _poll_forever(pipeline, config, stop, reload))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
             interrupted = stop.is_set()
@@ -105,24 +107,12 @@ async def _poll_once(pipeline: Pipeline, config: Config) -> None:
     await pipeline.drain()
 
 
-async def _poll_forever(pipeline: Pipeline, config: Config, stop: asyncio.Event) -> None:
-    """Each feed on its own jittered interval; the first polls are spread over a short window so they don't burst."""
+async def _poll_forever(
+    pipeline: Pipeline, config: Config, stop: asyncio.Event, reload: Callable[[], Config] | None
+) -> None:
+    """Each feed on its own jittered interval; SIGHUP re-reads the config and follows its watchlist and feeds."""
     scheduler = AsyncIOScheduler(timezone="UTC")
-    interval = config.poll_interval_seconds
-    feeds = config.feeds()
-    spread = min(interval, FIRST_POLL_SPREAD_SECONDS)
-    for index, (url, tickers) in enumerate(feeds):
-        first = now() + timedelta(seconds=spread * index / len(feeds) + random.uniform(0, 0.5))
-        scheduler.add_job(
-            pipeline.poll,
-            IntervalTrigger(seconds=interval, jitter=interval * config.poll_jitter),
-            args=[url, tickers],
-            id=f"poll:{url}",
-            next_run_time=first,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=int(interval),
-        )
+    schedule_polls(scheduler, pipeline, config)
     scheduler.add_job(
         pipeline.load_backlog, IntervalTrigger(seconds=BACKLOG_CHECK_SECONDS), id="backlog",
         next_run_time=now(), max_instances=1, coalesce=True,
@@ -130,8 +120,18 @@ async def _poll_forever(pipeline: Pipeline, config: Config, stop: asyncio.Event)
     if config.training.enabled and pipeline.analyzer is not None:
         schedule_training(scheduler, config, pipeline.writer)
     scheduler.start()
+    running = config
+    loop = asyncio.get_running_loop()
+    if reload is not None:
+
+        def on_hangup() -> None:
+            nonlocal running
+            running = reload_polls(scheduler, pipeline, running, reload)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await stop.wait()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         scheduler.shutdown(wait=False)
 

@@ -203,3 +203,54 @@ async def test_kill_9_mid_run_then_restart_loses_and_duplicates_nothing(tmp_path
         _, stderr = await asyncio.wait_for(restart.communicate(), 60)
         assert restart.returncode == 0, stderr.decode()
     assert_each_story_stored_once(db_path)
+
+
+def watchlist_config(path: Path, server: FixtureServer, db_path: Path, watchlist: list[str], **extra) -> Path:
+    path.write_text(tomli_w.dumps({
+        "watchlist": watchlist, "batch_size": 1, "feed_url": server.feed_url_template, "database": str(db_path),
+        "poll_interval_seconds": 3600, "pipeline": {"analyze": False, "write_interval_seconds": 0.05}, **extra,
+    }))
+    return path
+
+
+async def test_sighup_follows_the_edited_watchlist_and_a_broken_edit_changes_nothing(tmp_path, db_path):
+    polled = "SELECT list_sort(flatten(list(tickers))) FROM feeds WHERE last_ok_at IS NOT NULL"
+    aapl_polled_at = "SELECT last_polled_at FROM feeds WHERE tickers = ['AAPL']"
+    async with FixtureServer() as server:
+        config = watchlist_config(tmp_path / "s.toml", server, db_path, ["AAPL"])
+        daemon = await start_daemon(config)
+        await wait_for(db_path, polled, lambda tickers: tickers == ["AAPL"])
+        first_aapl_poll = rows(db_path, aapl_polled_at)
+
+        watchlist_config(config, server, db_path, ["AAPL", "MSFT"], http={"per_host_rate": 5.0})
+        daemon.send_signal(signal.SIGHUP)
+        await wait_for(db_path, polled, lambda tickers: tickers == ["AAPL", "MSFT"])
+        assert rows(db_path, aapl_polled_at) == first_aapl_poll, "a kept feed keeps its schedule"
+
+        log = await logged_until(daemon, "config reloaded")
+        assert "http.per_host_rate changed; that takes effect at the next start" in log
+        assert "config reloaded: feeds 1 added, 0 removed, 2 polled now (watchlist of 2)" in log
+
+        watchlist_config(config, server, db_path, ["MSFT"])
+        daemon.send_signal(signal.SIGHUP)
+        assert "feeds 0 added, 1 removed, 1 polled now (watchlist of 1)" in await logged_until(daemon, "config reloaded")
+
+        config.write_text(config.read_text() + "pol_interval_seconds = 60\n")
+        daemon.send_signal(signal.SIGHUP)
+        log = await logged_until(daemon, "config reload failed, still running the previous one")
+        assert "pol_interval_seconds: unknown key" in log
+        await asyncio.sleep(0.5)
+        assert daemon.returncode is None, "a broken config does not stop the daemon"
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(daemon.communicate(), 30)
+    assert daemon.returncode == 0, stderr.decode()
+
+
+async def logged_until(daemon: asyncio.subprocess.Process, text: str, timeout: float = 30.0) -> str:
+    """The daemon's log lines from here up to and including the first that contains `text`."""
+    lines = []
+    while not lines or text not in lines[-1]:
+        line = await asyncio.wait_for(daemon.stderr.readline(), timeout)
+        assert line, f"the daemon exited before logging {text!r}: {''.join(lines)}"
+        lines.append(line.decode())
+    return "".join(lines)
