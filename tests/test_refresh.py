@@ -217,6 +217,7 @@ def test_merge_makes_a_scored_version_and_names_what_it_cannot_average(tiny, ref
     config_file = tmp_path / "sentimon.toml"
     config_file.write_text(tomli_w.dumps(tiny.model_dump(mode="json", exclude_none=True)))
     registry = registry_for(tiny)
+    registry.rollback("v001")  # scored on the development set when it was trained
     in_use = registry.current_label()
     runner = CliRunner(env={"COLUMNS": "200"})
     merged = runner.invoke(app, ["adapters", "merge", "bundled", "v001", "--rank", "8", "--no-promote",
@@ -226,6 +227,7 @@ def test_merge_makes_a_scored_version_and_names_what_it_cannot_average(tiny, ref
     assert manifest.merged_from == ["bundled", "v001"] and manifest.metrics["n_records"] == 2
     assert manifest.train_settings["rank"] == 8 and 0 < manifest.train_settings["energy_kept"] < 1
     assert manifest.baseline["version"] == in_use and manifest.decision in ("pending", "rejected")
+    assert manifest.baseline["metrics"] == registry.manifest("v001").metrics, "v001 was not scored again (same timing)"
     assert registry.current_label() == in_use, "--no-promote leaves the adapter in use alone"
     assert manifest.reviews_through == registry.manifest("v001").reviews_through
     assert "mean of 2" in runner.invoke(app, ["adapters", "list", "--config", str(config_file)]).output

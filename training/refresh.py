@@ -9,7 +9,9 @@
 3. Export it for llama.cpp into a new registry version vNNN/ (training/export.py, training/registry.py).
 4. Score the adapter in use (or the base model) and the candidate on the development set with the real analyzer,
    and the candidate on the held-out FinEntity fold; promote the candidate only if it has the higher entity F1
-   and no lower valid-JSON rate. A running daemon switches to it before its next article.
+   and no lower valid-JSON rate. A running daemon switches to it before its next article. Scores are kept in
+   <adapters_dir>/scores/ by what decides them (training/score_cache.py): the adapter in use, scored when it was
+   a candidate, is not scored again.
 
 `merge` (`sentimon adapters merge`) makes a candidate by averaging adapters instead (training/merge.py) and
 decides on it the same way.
@@ -54,6 +56,7 @@ from training.registry import (
     ADAPTER_FILE, BASE, BUNDLED, VERSION_LABEL, AdapterRegistry, Manifest, beats, registry_for,
 )  # fmt: skip
 from training.review import ensure_schema
+from training.score_cache import cached_scores, score_key
 
 log = logging.getLogger("sentimon.training")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -258,13 +261,19 @@ def _decide(
     dev = load_records(sources.dev)[: options.eval_limit or config.training.eval_limit]
     baseline_label = registry.current_label()
     baseline_adapter = registry.resolve(baseline_label)
-    analyzer.backend.set_adapter(str(baseline_adapter.path) if baseline_adapter else None)
-    baseline = score_records(analyzer, dev, f"scoring {baseline_label} on the development set", options.progress)
-    analyzer.backend.set_adapter(str(registry.root / label / ADAPTER_FILE))
-    metrics = score_records(analyzer, dev, f"scoring {label} on the development set", options.progress)
+    candidate = registry.root / label / ADAPTER_FILE
+
+    def dev_scores(version: str, adapter: Path | None) -> dict[str, Any]:
+        what = f"scoring {version} on the development set"
+        key = score_key(adapter, manifest.base_model_sha256, dev, config.model)
+        return cached_scores(registry.root, key, what, lambda: score_with(analyzer, adapter, dev, what, options.progress))
+
+    baseline = dev_scores(baseline_label, baseline_adapter.path if baseline_adapter else None)
+    metrics = dev_scores(label, candidate)
     finentity = None
     if held_out := finentity_holdout[: options.finentity_limit]:
-        finentity = score_records(analyzer, held_out, f"scoring {label} on held-out FinEntity", options.progress)
+        what = f"scoring {label} on held-out FinEntity"
+        finentity = score_with(analyzer, candidate, held_out, what, options.progress)
     registry.save(manifest.model_copy(update={"metrics": metrics, "finentity_metrics": finentity,
                                               "baseline": {"version": baseline_label, "metrics": baseline}}))
 
@@ -282,6 +291,13 @@ def _decide(
     else:
         decision, summary = "pending", f"{label} would win but was not promoted (--no-promote): {comparison}"
     return RefreshOutcome(decision, label, summary, metrics, baseline)
+
+
+def score_with(
+    analyzer: Analyzer, adapter: Path | None, records: Sequence[EvalRecord], what: str, show: bool
+) -> dict[str, Any]:
+    analyzer.backend.set_adapter(str(adapter) if adapter else None)
+    return score_records(analyzer, records, what, show)
 
 
 def score_records(analyzer: Analyzer, records: Sequence[EvalRecord], what: str, show: bool) -> dict[str, Any]:
