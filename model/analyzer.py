@@ -58,14 +58,19 @@ class AnalysisResult:
 
 
 class Analyzer:
-    def __init__(self, backend: Backend, link: Linker | None = None, *, max_input_tokens: int = 384) -> None:
+    def __init__(
+        self, backend: Backend, link: Linker | None = None, *, max_input_tokens: int = 384,
+        max_output_tokens: int | None = None,
+    ) -> None:  # fmt: skip
         self.backend = backend
         self.link = link
         self.max_input_tokens = max_input_tokens
+        self.max_output_tokens = max_output_tokens  # the backend's limit, named in errors when output hits it
 
     @classmethod
     def from_settings(cls, settings: ModelSettings, link: Linker | None = None) -> Analyzer:
-        return cls(load_backend(settings), link, max_input_tokens=settings.max_input_tokens)
+        return cls(load_backend(settings), link, max_input_tokens=settings.max_input_tokens,
+                   max_output_tokens=settings.max_output_tokens)  # fmt: skip
 
     def analyze(
         self,
@@ -95,7 +100,7 @@ class Analyzer:
                 error = None
                 break
             except OutputValidationError as exc:
-                entities, error = [], exc.reason
+                entities, error = [], self._reason(exc, generation)
                 budget = max(budget // 2, MIN_RETRY_INPUT_TOKENS)
         return AnalysisResult(
             entities=entities,
@@ -110,6 +115,11 @@ class Analyzer:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
+
+    def _reason(self, exc: OutputValidationError, generation: Generation) -> str:
+        if self.max_output_tokens is not None and generation.completion_tokens >= self.max_output_tokens:
+            return f"output cut off at model.max_output_tokens = {self.max_output_tokens} ({exc.reason})"
+        return exc.reason
 
     def _entities(self, generation: Generation, hints: tuple[str, ...]) -> list[EntitySentiment]:
         mentions = parse_output(generation.text)

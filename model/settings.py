@@ -56,7 +56,9 @@ class ModelSettings(BaseModel):
     max_input_tokens: int = Field(
         384, ge=32, description="Token budget for one article; longer ones keep headline, summary and lead paragraphs."
     )
-    max_output_tokens: int = Field(256, ge=16, description="Most tokens the model may generate for one article.")
+    max_output_tokens: int = Field(
+        512, ge=16, description="Most tokens the model may generate for one article (a dozen entities take ~260)."
+    )
     seed: int = Field(0, description="Random seed (decoding is greedy, so it only matters to backends that sample).")
     grammar: bool = Field(
         True,

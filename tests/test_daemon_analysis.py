@@ -55,6 +55,7 @@ async def test_output_failing_validation_is_stored_as_a_failure_not_a_crash(db_p
     failures = rows(db_path, "SELECT ok, attempts, error, raw_output FROM analyses")
     assert len(failures) == 1
     for ok, attempts, error, raw in failures:
-        assert not ok and attempts == 2 and error and raw is not None
+        assert not ok and attempts == 2 and error.startswith("output cut off at model.max_output_tokens = 16")
+        assert raw is not None
     assert rows(db_path, "SELECT count(*) FROM entity_sentiment") == [(0,)]
     assert rows(db_path, "SELECT count(*) FROM articles") == [(1,)], "the article itself is kept"

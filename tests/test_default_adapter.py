@@ -14,6 +14,7 @@ from model.settings import ModelSettings
 from monitor.analysis import build_analyzer
 from monitor.cli import app
 from monitor.config import load_config
+from training.dataset import DataSources
 from training.registry import BUNDLED_ADAPTER, AdapterRegistry
 
 DEV_SET = Path(__file__).parents[1] / "datasets" / "dev.jsonl"
@@ -53,6 +54,17 @@ def test_starting_on_the_bundled_adapter_evaluates_only_its_own_prompt_head(conf
     result = analyzer.analyze("Nvidia shares rise 4% after quarterly revenue tops estimates")
     assert result.ok and result.attempts == 1
     assert backend._prompt_tokens_evaluated() == result.prompt_tokens  # the tuned head and the article, once each
+
+
+def test_an_article_naming_many_companies_comes_back_whole(config_file: Path) -> None:
+    """A results calendar of 17 Milan listings (FinEntity): its list runs past 256 tokens, where the default output
+    budget used to cut it off and leave the article with no valid analysis at all."""
+    finentity = DataSources.in_folder(None).finentity.read_text(encoding="utf-8").splitlines()
+    record = max((json.loads(line) for line in finentity), key=lambda r: len(r["entities"]))
+    assert record["text"].startswith("Board meetings on Q3 results") and len(record["entities"]) == 17
+    result = build_analyzer(load_config(config_file)).analyze(record["text"])
+    assert result.ok and result.attempts == 1, result.error
+    assert result.completion_tokens > 256 and len(result.entities) >= 12
 
 
 def test_eval_scores_the_bundled_adapter_above_the_base_model(config_file: Path, tmp_path: Path) -> None:

@@ -120,13 +120,13 @@ def test_analysis_through_mlx_uses_its_chat_template_and_logprobs(fake_mlx):
 
 
 def test_output_cut_by_the_token_limit_fails_validation_twice(fake_mlx):
-    analyzer = Analyzer(load_backend(settings(max_output_tokens=16)))
+    analyzer = Analyzer.from_settings(settings(max_output_tokens=16))
     assert analyzer.analyze("Boeing news.").ok  # the answer fits in 16 tokens
     fake_mlx.answer = ANSWER * 3  # a model that does not stop
     result = analyzer.analyze("Boeing news.")
     assert not result.ok and result.attempts == 2
     assert result.raw_output == "".join((ANSWER * 3)[:16])
-    assert "not valid JSON" in result.error
+    assert result.error.startswith("output cut off at model.max_output_tokens = 16 (not valid JSON")
 
 
 def test_adapter_swap_reloads_and_a_bad_one_keeps_the_current(fake_mlx, tmp_path):

@@ -124,7 +124,8 @@ class HeldAnalyzer(Analyzer):
     """The real analyzer, which can be held at the start of an analysis to change adapters mid-article."""
 
     def __init__(self, inner: Analyzer) -> None:
-        super().__init__(inner.backend, inner.link, max_input_tokens=inner.max_input_tokens)
+        super().__init__(inner.backend, inner.link, max_input_tokens=inner.max_input_tokens,
+                         max_output_tokens=inner.max_output_tokens)  # fmt: skip
         self.started, self.go = threading.Event(), threading.Event()
 
     def analyze(self, text, **kwargs):
