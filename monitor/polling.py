@@ -55,7 +55,8 @@ def reload_polls(scheduler: BaseScheduler, pipeline: Pipeline, running: Config, 
     updated = running.model_copy(update={key: getattr(loaded, key) for key in RELOADED_KEYS})
     before = {job.id for job in scheduler.get_jobs() if job.id.startswith(POLL_JOB_PREFIX)}
     wanted = {POLL_JOB_PREFIX + url for url, _ in updated.feeds()}
-    retimed = (updated.poll_interval_seconds, updated.poll_jitter) != (running.poll_interval_seconds, running.poll_jitter)
+    timing = ("poll_interval_seconds", "poll_jitter")
+    retimed = any(getattr(updated, key) != getattr(running, key) for key in timing)
     for job_id in before if retimed else before - wanted:
         scheduler.remove_job(job_id)
     schedule_polls(scheduler, pipeline, updated)

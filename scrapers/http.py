@@ -179,8 +179,18 @@ class HttpClient:
         except TimeoutError:
             reason = f"no complete answer within {self.settings.timeout_seconds:g} s (timed out)"
             raise FetchError(url, reason, retryable=True) from None
+        except aiohttp.ClientConnectorDNSError as exc:
+            reason = f"connection failed: cannot resolve {exc.host} ({_os_reason(exc)})"
+            raise FetchError(url, reason, retryable=True) from None
+        except aiohttp.ClientConnectorError as exc:
+            reason = f"connection failed: cannot connect to {exc.host}:{exc.port} ({_os_reason(exc)})"
+            raise FetchError(url, reason, retryable=True) from None
         except aiohttp.ClientError as exc:
             raise FetchError(url, f"connection failed: {exc!r}", retryable=True) from None
+
+
+def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
+    return exc.os_error.strerror or str(exc.os_error)
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, url: str, limit: int) -> bytes:

@@ -210,9 +210,15 @@ async def test_connection_refused_is_retryable(http_client):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(FetchError, match="connection failed") as caught:
+    with pytest.raises(FetchError, match=f"connection failed: cannot connect to 127.0.0.1:{port} ") as caught:
         await http_client.get(f"http://127.0.0.1:{port}/feed")
     assert caught.value.retryable
+
+
+async def test_a_host_that_does_not_resolve_is_named(http_client):
+    with pytest.raises(FetchError, match="connection failed: cannot resolve no-such-host.invalid ") as caught:
+        await http_client.get("http://no-such-host.invalid/feed")  # .invalid never resolves (RFC 2606)
+    assert caught.value.retryable and "ClientConnector" not in caught.value.reason
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/feed", "finance.yahoo.com/rss", ""])

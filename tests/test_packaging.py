@@ -17,8 +17,9 @@ ROOT = Path(__file__).parents[1]
 def wheel_files(tmp_path_factory) -> set[str]:
     # A copy without build/ and *.egg-info: setuptools would otherwise take a stale file list from them.
     source = tmp_path_factory.mktemp("source") / "sentimon"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".cache", "bench-runs", "*.duckdb*"))  # fmt: skip
+    ignored = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+                                     ".cache", "bench-runs", "*.duckdb*")  # fmt: skip
+    shutil.copytree(ROOT, source, symlinks=True, ignore=ignored)
     out = tmp_path_factory.mktemp("wheel")
     build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out), "."]
     subprocess.run(build, cwd=source, check=True, capture_output=True)

@@ -35,6 +35,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +267,8 @@ def _decide(
     def dev_scores(version: str, adapter: Path | None) -> dict[str, Any]:
         what = f"scoring {version} on the development set"
         key = score_key(adapter, manifest.base_model_sha256, dev, config.model)
-        return cached_scores(registry.root, key, what, lambda: score_with(analyzer, adapter, dev, what, options.progress))
+        score = partial(score_with, analyzer, adapter, dev, what, options.progress)
+        return cached_scores(registry.root, key, what, score)
 
     baseline = dev_scores(baseline_label, baseline_adapter.path if baseline_adapter else None)
     metrics = dev_scores(label, candidate)
