@@ -21,7 +21,7 @@ from monitor.alerts import AlertSender
 from monitor.config import Config
 from monitor.metrics import serve_metrics
 from monitor.pipeline import Pipeline, PipelineStats, now
-from monitor.polling import reload_polls, schedule_polls
+from monitor.polling import quiet_at_shutdown, reload_polls, schedule_polls
 from scrapers.http import HttpClient
 from storage.db import Database
 from storage.writer import StoreWriter
@@ -114,7 +114,7 @@ async def _poll_forever(
     scheduler = AsyncIOScheduler(timezone="UTC")
     schedule_polls(scheduler, pipeline, config)
     scheduler.add_job(
-        pipeline.load_backlog, IntervalTrigger(seconds=BACKLOG_CHECK_SECONDS), id="backlog",
+        quiet_at_shutdown(pipeline.load_backlog), IntervalTrigger(seconds=BACKLOG_CHECK_SECONDS), id="backlog",
         next_run_time=now(), max_instances=1, coalesce=True,
     )
     if config.training.enabled and pipeline.analyzer is not None:

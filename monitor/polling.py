@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -21,6 +23,24 @@ POLL_JOB_PREFIX = "poll:"
 # What a reload changes in the running daemon; any other key takes effect at the next start.
 RELOADED_KEYS = ("watchlist", "feed_url", "batch_size", "extra_feeds", "poll_interval_seconds", "poll_jitter")
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def quiet_at_shutdown(job: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T | None]]:
+    """A scheduled coroutine that the scheduler's shutdown cancels ends without an error; APScheduler would log the
+    CancelledError with a traceback, as if the job had failed."""
+
+    @functools.wraps(job)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T | None:
+        try:
+            return await job(*args, **kwargs)
+        except asyncio.CancelledError:
+            log.info("%s stopped: the daemon is shutting down", job.__name__)
+            return None
+
+    return run
+
 
 def schedule_polls(scheduler: BaseScheduler, pipeline: Pipeline, config: Config) -> None:
     """A job for every feed of `config` that has none yet; their first polls are spread over a short window."""
@@ -30,7 +50,7 @@ def schedule_polls(scheduler: BaseScheduler, pipeline: Pipeline, config: Config)
     spread = min(interval, FIRST_POLL_SPREAD_SECONDS)
     for index, (url, tickers) in enumerate(feeds):
         scheduler.add_job(
-            pipeline.poll,
+            quiet_at_shutdown(pipeline.poll),
             IntervalTrigger(seconds=interval, jitter=interval * config.poll_jitter),
             args=[url, tickers],
             id=POLL_JOB_PREFIX + url,

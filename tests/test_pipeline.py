@@ -254,3 +254,26 @@ async def logged_until(daemon: asyncio.subprocess.Process, text: str, timeout: f
         assert line, f"the daemon exited before logging {text!r}: {''.join(lines)}"
         lines.append(line.decode())
     return "".join(lines)
+
+
+async def test_a_stop_during_a_poll_ends_it_without_an_error(tmp_path, db_path):
+    """Ctrl-C while a feed request hangs: the poll is cancelled, which is no job failure and no traceback."""
+    server = FixtureServer()
+    requested = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        requested.set()
+        await asyncio.sleep(60)
+        return web.Response(text="")
+
+    server.app.router.add_get("/hang.xml", hang)
+    async with server:
+        config = watchlist_config(tmp_path / "s.toml", server, db_path, [], extra_feeds=[server.base_url + "/hang.xml"])
+        daemon = await start_daemon(config)
+        await asyncio.wait_for(requested.wait(), 30)
+        daemon.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(daemon.communicate(), 30)
+    log = stderr.decode()
+    assert daemon.returncode == 0, log
+    assert "Traceback" not in log and "raised an exception" not in log
+    assert "poll stopped: the daemon is shutting down" in log

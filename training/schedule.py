@@ -18,6 +18,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from monitor.config import Config
+from monitor.polling import quiet_at_shutdown
 from storage import reviews
 from storage.writer import StoreWriter
 from training.registry import registry_for
@@ -32,7 +33,7 @@ def schedule_training(scheduler: BaseScheduler, config: Config, writer: StoreWri
         log.warning('training.enabled, but training makes adapters for backend "llama_cpp" only: not scheduled')
         return
     scheduler.add_job(
-        train_if_due,
+        quiet_at_shutdown(train_if_due),
         CronTrigger.from_crontab(settings.schedule, timezone="UTC"),
         args=[config, writer],
         id="training",
