@@ -53,8 +53,12 @@ def print_json(value: object) -> None:
     print(json.dumps(value, indent=2, default=lambda value: value.isoformat()))
 
 
+def print_rows_json(fields: tuple[str, ...], rows: list[tuple]) -> None:
+    print_json([dict(zip(fields, row, strict=True)) for row in rows])
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # messages quote [tables] and paths
     return typer.Exit(code)
 
 
@@ -90,7 +94,11 @@ def init(
     target = path or config_path(None)
     if target.exists() and not force:
         raise fail(f"{target} exists; pass --force to overwrite it")
-    target.write_text(default_config_text(), encoding="utf-8")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(default_config_text(), encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"cannot write {target}: {exc.strerror or exc}") from None
     console.print(f"wrote {target}")
 
 
@@ -99,8 +107,10 @@ def run(
     config_file: ConfigOption = None,
     once: Annotated[bool, typer.Option("--once", help="Poll every feed once, process all that came in, exit.")] = False,
 ) -> None:
-    """Run the daemon in the foreground (logs to stderr). SIGTERM or Ctrl-C stops it cleanly; SIGHUP re-reads
-    the config and follows a changed watchlist and feeds without a restart."""
+    """Run the daemon in the foreground (logs to stderr).
+
+    SIGTERM or Ctrl-C stops it cleanly; SIGHUP re-reads the config (watchlist and feeds follow, no restart).
+    """
     from monitor.daemon import run_daemon
     from monitor.metrics import MetricsError
 
@@ -114,10 +124,10 @@ def run(
         raise fail(str(exc)) from None
     stats = summary.stats
     logging.getLogger("sentimon").info(
-        "done: %d polls (%d failed), %d new stories, %d pages stored, %d page failures, %d near copies, "
+        "%s: %d polls (%d failed), %d new stories, %d pages stored, %d page failures, %d near copies, "
         "%d analyzed, %d analyses failed validation, %d alerts",
-        stats.polls, stats.poll_errors, stats.stories_new, stats.pages_stored, stats.page_failures,
-        stats.near_duplicates, stats.analyzed, stats.analysis_failures, stats.alerts,
+        "stopped" if summary.interrupted else "done", stats.polls, stats.poll_errors, stats.stories_new,
+        stats.pages_stored, stats.page_failures, stats.near_duplicates, stats.analyzed, stats.analysis_failures, stats.alerts,
     )
 
 
@@ -165,7 +175,8 @@ def articles(
     config_file: ConfigOption = None,
     ticker: Annotated[str | None, typer.Option("--ticker", "-t", help="Only this ticker.")] = None,
     since: Since = "1d",
-    limit: Annotated[int, typer.Option(help="At most this many rows.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows.")] = 50,
+    output_format: FormatOption = OutputFormat.table,
 ) -> None:
     """Recent articles, newest first."""
     config = settings(config_file)
@@ -175,10 +186,13 @@ def articles(
             rows = queries.articles(conn, since=window, ticker=ticker.upper() if ticker else None, limit=limit)
     except DatabaseError as exc:
         raise fail(str(exc)) from None
+    if output_format is OutputFormat.json:
+        print_rows_json(("id", "published_at", "tickers", "source", "title", "text_from", "duplicate_of", "url"), rows)
+        return
     table = Table(title=f"articles since {since}" + (f" for {ticker.upper()}" if ticker else ""))
     for column in ("id", "published", "tickers", "source", "title", "text from"):
         table.add_column(column, overflow="fold")
-    for story_id, published, tickers, source, title, origin, duplicate_of in rows:
+    for story_id, published, tickers, source, title, origin, duplicate_of, _ in rows:
         origin_label = f"copy of {duplicate_of}" if duplicate_of else origin
         table.add_row(str(story_id), _when(published), ",".join(tickers), source or "", title or "", origin_label)
     console.print(table)
@@ -191,6 +205,7 @@ def alerts(
     config_file: ConfigOption = None,
     ticker: Annotated[str | None, typer.Option("--ticker", "-t", help="Only this ticker.")] = None,
     since: Since = "7d",
+    output_format: FormatOption = OutputFormat.table,
 ) -> None:
     """Alerts fired on sentiment swings, newest first, and whether they were delivered."""
     config = settings(config_file)
@@ -199,6 +214,9 @@ def alerts(
             rows = alert_records.recent_alerts(conn, since=duration(since), ticker=ticker.upper() if ticker else None)
     except DatabaseError as exc:
         raise fail(str(exc)) from None
+    if output_format is OutputFormat.json:
+        print_rows_json(("fired_at", "ticker", "message", "delivered_at", "delivery_error"), rows)
+        return
     if not rows:
         console.print(f"no alerts in the last {since}")
         return
@@ -229,8 +247,7 @@ def sentiment(
     except DatabaseError as exc:
         raise fail(str(exc)) from None
     if output_format is OutputFormat.json:
-        fields = ("bucket", "score", "articles", "positive", "negative")
-        print_json([dict(zip(fields, row, strict=True)) for row in series])
+        print_rows_json(("bucket", "score", "articles", "positive", "negative"), series)
     elif series:
         console.print(_series_table(f"{ticker.upper()} sentiment per {every}, last {since}", series))
     else:
@@ -242,6 +259,8 @@ def sentiment(
             errors.print(f"wrote {plot_series(ticker.upper(), series, plot)}")
         except RuntimeError as exc:
             raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"cannot write {plot}: {exc.strerror or exc}") from None
 
 
 def _series_table(title: str, series: list[tuple]) -> Table:
@@ -258,9 +277,9 @@ def _series_table(title: str, series: list[tuple]) -> Table:
 @app.command()
 def movers(
     config_file: ConfigOption = None,
-    window: Annotated[str | None, typer.Option(help="The latest news (default: [alerts] window_hours).")] = None,
-    baseline: Annotated[str | None, typer.Option(help="Compared with (default: [alerts] baseline_hours).")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many tickers.")] = 20,
+    window: Annotated[str | None, typer.Option(help="The latest news (default: \\[alerts] window_hours).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Compared with (default: \\[alerts] baseline_hours).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many tickers.")] = 20,
     output_format: FormatOption = OutputFormat.table,
 ) -> None:
     """Tickers whose news sentiment moved most: the latest window's mean score against the one before it."""
@@ -312,13 +331,13 @@ def analyze(
     text: Annotated[str, typer.Option("--text", help="The news text to analyze.")],
     config_file: ConfigOption = None,
     title: Annotated[str | None, typer.Option(help="Its headline, if separate.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    output_format: FormatOption = OutputFormat.table,
 ) -> None:
     """Per-entity sentiment of one text, with the configured model."""
     config = settings(config_file)
     result = load_analyzer(config).analyze(text, title=title)
-    if as_json:
-        console.print_json(json.dumps(dataclasses.asdict(result)))
+    if output_format is OutputFormat.json:
+        print_json(dataclasses.asdict(result))
         return
     if not result.ok:
         raise fail(f"the model's output failed validation twice: {result.error}\nraw output: {result.raw_output}", 1)
@@ -334,10 +353,12 @@ def analyze(
 def reanalyze(
     config_file: ConfigOption = None,
     since: Since = "7d",
-    batch: Annotated[int, typer.Option(help="Analyses written per database transaction.")] = 16,
+    batch: Annotated[int, typer.Option(min=1, help="Analyses written per database transaction.")] = 16,
 ) -> None:
-    """Run the current model again over stored articles (after a model or adapter change). Safe while the daemon
-    runs: results are written in short transactions, and the newest analysis of each article is the one shown."""
+    """Run the current model again over stored articles (after a model or adapter change).
+
+    Safe while the daemon runs: short write transactions; the newest analysis of each article is the one shown.
+    """
     from storage import writes
 
     config = settings(config_file)
@@ -375,8 +396,10 @@ def reanalyze(
 def evaluate_model(
     data: Annotated[Path, typer.Option("--data", help="JSONL: ours ({id,text,extractions}) or FinEntity's format.")],
     config_file: ConfigOption = None,
-    repeat: Annotated[int, typer.Option(help="Run every record this many times to measure output variance.")] = 1,
-    limit: Annotated[int | None, typer.Option(help="Only the first N records.")] = None,
+    repeat: Annotated[
+        int, typer.Option(min=1, help="Run every record this many times to measure output variance.")
+    ] = 1,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
     output_format: FormatOption = OutputFormat.table,
     adapter: Annotated[
         str,

@@ -2,7 +2,8 @@
 
 Lookup order for the file: ``--config FILE``, then ``$SENTIMON_CONFIG``, then ``./sentimon.toml``; with no file at
 all the built-in defaults run. Any key can be overridden with ``SENTIMON_<KEY>``, nested tables with a double
-underscore: ``SENTIMON_HTTP__TIMEOUT_SECONDS=30``, ``SENTIMON_WATCHLIST=AAPL,MSFT``.
+underscore: ``SENTIMON_HTTP__TIMEOUT_SECONDS=30``, ``SENTIMON_WATCHLIST=AAPL,MSFT``. A value is read as its key's
+type: a comma list (or a JSON array) for a list, JSON for a table, else the text as it is.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from types import NoneType, UnionType
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -140,6 +142,9 @@ class TrainingSettings(BaseModel):
         None, description="Folder with train/team.jsonl, finentity/train.jsonl, dev.jsonl; default: the bundled one."
     )
     nice: int = Field(10, ge=0, le=19, description="Niceness of the training process, so ingestion keeps its CPU.")
+    trainer: Literal["auto", "torch", "mlx"] = Field(
+        "auto", description="LoRA trainer: auto = mlx-lm on Apple Silicon (if installed), torch + peft elsewhere."
+    )
     eval_limit: int | None = Field(
         None, ge=1, description="Development-set records a candidate adapter is scored on (default: all of them)."
     )
@@ -226,7 +231,7 @@ def config_path(explicit: Path | None, environ: Mapping[str, str] | None = None)
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read, override from the environment, and validate; every error names the key and the reason."""
     environ = os.environ if environ is None else environ
-    explicit = path is not None or CONFIG_ENV in environ
+    explicit = path is not None or bool(environ.get(CONFIG_ENV))
     file = config_path(path, environ)
     data: dict[str, Any] = {}
     if file.exists():
@@ -236,40 +241,71 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     elif explicit:
         raise ConfigError(f"{file}: no such config file (run `sentimon init` to write one)")
-    source = str(file) if file.exists() else "built-in defaults"
-    _apply_env(data, environ)
+    variables = _apply_env(data, environ)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}:\n" + "\n".join(_describe(err) for err in exc.errors())) from None
+        errors = [(err, _variable_of(err["loc"], variables)) for err in exc.errors()]
+        # With no file, everything but the environment is a valid default.
+        origins = dict.fromkeys(str(file) if var is None and file.exists() else "the environment" for _, var in errors)
+        lines = [_describe(err, var) for err, var in errors]
+        raise ConfigError(f"{' and '.join(origins)}:\n" + "\n".join(lines)) from None
 
 
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Set the keys named by SENTIMON_ variables in `data`; returns the variable that set each key path."""
+    variables: dict[tuple[str, ...], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_KEYS:
             continue
-        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        keys = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
         target = data
         for key in keys[:-1]:
             target = target.setdefault(key, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"{name}: {'.'.join(keys[:-1])} is not a table")
-        target[keys[-1]] = _env_value(raw)
+        target[keys[-1]] = _env_value(raw, _declared_type(keys))
+        variables[keys] = name
+    return variables
 
 
-def _env_value(raw: str) -> Any:
-    """JSON when it parses (numbers, lists, tables), a comma list when it has commas, else the string."""
-    try:
+def _declared_type(keys: tuple[str, ...]) -> Any:
+    """The annotation of the config key at this path; Any where none is declared."""
+    annotation: Any = Config
+    for key in keys:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(key)
+            annotation = field.annotation if field else Any
+        else:
+            annotation = get_args(annotation)[1] if get_origin(annotation) is dict else Any
+    return annotation
+
+
+def _env_value(raw: str, annotation: Any) -> Any:
+    """A variable's text as its key's type takes it; pydantic reads numbers and booleans from text itself."""
+    members = get_args(annotation) if get_origin(annotation) is UnionType else (annotation,)
+    kinds = {get_origin(member) or member for member in members} - {NoneType}
+    if list in kinds and not raw.lstrip().startswith("["):
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if kinds <= {str, Path, int, float, bool, Literal}:
+        return raw
+    try:  # a table, a JSON array, or a value of undeclared type
         return json.loads(raw)
     except json.JSONDecodeError:
-        return [part.strip() for part in raw.split(",") if part.strip()] if "," in raw else raw
+        return raw
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _variable_of(loc: tuple[Any, ...], variables: dict[tuple[str, ...], str]) -> str | None:
+    return next((name for keys, name in variables.items() if loc[: len(keys)] == keys), None)
+
+
+def _describe(error: dict[str, Any], variable: str | None) -> str:
     key = ".".join(str(part) for part in error["loc"])
+    where = f"{variable} ({key})" if variable else key
     if error["type"] == "extra_forbidden":
-        return f"  {key}: unknown key{_suggestion(error['loc'])}"
-    return f"  {key}: {error['msg']} (got {error['input']!r})"
+        return f"  {where}: unknown key{_suggestion(error['loc'])}"
+    message = error["msg"].removeprefix("Value error, ") if error["type"] == "value_error" else error["msg"]
+    return f"  {where}: {message} (got {error['input']!r})"
 
 
 def _suggestion(loc: tuple[Any, ...]) -> str:

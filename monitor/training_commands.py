@@ -6,6 +6,7 @@ only when a command runs, so that importing either module first works.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +34,14 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="Confi
 Reviewer = Annotated[str | None, typer.Option(help="Name stored with each decision (default: $USER).")]
 
 
+@dataclass(frozen=True)
+class ReviewDefaults:
+    """`sentimon review`'s options given before a subcommand, which apply to it."""
+
+    config_file: Path | None
+    reviewer: str | None
+
+
 def _cli() -> ModuleType:
     from monitor import cli
 
@@ -48,7 +57,8 @@ def review(
     limit: Annotated[int, typer.Option(min=1, help="At most this many articles in one session.")] = 50,
 ) -> None:
     """Review recent extractions: [a]ccept, [e]dit, [+] add, [-] drop an entity, [s]kip, [q]uit."""
-    if ctx.invoked_subcommand is not None:
+    if ctx.invoked_subcommand is not None:  # `review -c FILE export`: the subcommands fall back to these
+        ctx.obj = ReviewDefaults(config_file, reviewer)
         return
     from training.review import CHARS_PER_TOKEN, ReviewSession, default_reviewer, ensure_schema
 
@@ -56,6 +66,7 @@ def review(
     config = cli.settings(config_file)
     start = datetime.now(UTC) - cli.duration(since)
     database = cli.open_database(config)
+    session: ReviewSession | None = None
     try:
         ensure_schema(database)
         with database.read() as conn:
@@ -70,13 +81,15 @@ def review(
         )  # fmt: skip
         tally = session.run(queue)
     except DatabaseError as exc:
-        raise cli.fail(f"{exc}; decisions made before this one are saved") from None
+        saved = "; decisions made before this one are saved" if session and session.tally.decisions else ""
+        raise cli.fail(f"{exc}{saved}") from None
     done = ", ".join(f"{count} {decision}" for decision, count in sorted(tally.decisions.items())) or "nothing decided"
     cli.console.print(f"{done}; {tally.left} left in this session's queue")
 
 
 @review_app.command("export")
 def review_export(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
     config_file: ConfigOption = None,
 ) -> None:
@@ -84,7 +97,7 @@ def review_export(
     from training.review import export_reviews
 
     cli = _cli()
-    config = cli.settings(config_file)
+    config = cli.settings(config_file or ctx.obj.config_file)
     try:
         count = export_reviews(cli.open_database(config), out)
     except (DatabaseError, OSError) as exc:
@@ -94,6 +107,7 @@ def review_export(
 
 @review_app.command("import")
 def review_import(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="JSONL of {\"id\", \"text\", \"extractions\"} records.")],
     config_file: ConfigOption = None,
     reviewer: Reviewer = None,
@@ -102,9 +116,10 @@ def review_import(
     from training.review import ReviewImportError, default_reviewer, import_reviews
 
     cli = _cli()
-    config = cli.settings(config_file)
+    config = cli.settings(config_file or ctx.obj.config_file)
+    reviewer = reviewer or ctx.obj.reviewer or default_reviewer()
     try:
-        added, unchanged = import_reviews(cli.open_database(config), file, reviewer=reviewer or default_reviewer())
+        added, unchanged = import_reviews(cli.open_database(config), file, reviewer=reviewer)
     except (ReviewImportError, DatabaseError) as exc:
         raise cli.fail(str(exc)) from None
     already = f" ({unchanged} already stored)" if unchanged else ""
@@ -174,9 +189,10 @@ def adapters_merge(
 ) -> None:
     """Average adapters of the same base model into a new version (a "model soup"), score it on the development
     set and promote it if it wins, as `sentimon train` does with what it trains."""
+    cli = _cli()
+    _require_training_stack(cli)
     from training.refresh import RefreshOptions, merge
 
-    cli = _cli()
     config = cli.settings(config_file)
     cli.setup_logging(config.log_level)
     try:
@@ -196,9 +212,10 @@ def train(
     force: Annotated[bool, typer.Option(help="Train even if nothing changed since the last version.")] = False,
 ) -> None:
     """Train a candidate adapter from the reviews and the bundled data, score it, and promote it if it wins."""
+    cli = _cli()
+    _require_training_stack(cli)
     from training.refresh import RefreshOptions, refresh
 
-    cli = _cli()
     config = cli.settings(config_file)
     cli.setup_logging(config.log_level)
     try:
@@ -206,6 +223,13 @@ def train(
     except (OSError, ValueError, RuntimeError) as exc:  # each of training's errors names what is wrong
         raise cli.fail(str(exc), 1) from None
     cli.console.print(outcome.summary)
+
+
+def _require_training_stack(cli: ModuleType) -> None:
+    from training.stack import training_stack_problem
+
+    if problem := training_stack_problem():
+        raise cli.fail(problem, 1)
 
 
 def _status(label: str, manifest: Manifest, current: str) -> str:

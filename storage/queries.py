@@ -99,7 +99,7 @@ def articles(
 ) -> list[tuple]:
     return conn.execute(
         """
-        SELECT id, published_at, tickers, source, title, body_origin, duplicate_of
+        SELECT id, published_at, tickers, source, title, body_origin, duplicate_of, url
         FROM articles
         WHERE coalesce(published_at, fetched_at) >= now() - ?::INTERVAL
           AND (?::VARCHAR IS NULL OR list_contains(tickers, ?::VARCHAR))

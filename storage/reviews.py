@@ -6,7 +6,6 @@ short transaction (storage/db.py) and never holds the file while a person thinks
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +14,6 @@ from datetime import datetime
 import duckdb
 
 DECISIONS = ("accepted", "corrected", "skipped")
-
-
-def news_record_id(canonical_url: str) -> str:
-    """The review id of an article: the same in every database that stored it (the migration computes it too)."""
-    return "news-" + hashlib.sha256(canonical_url.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -76,7 +70,7 @@ def review_queue(conn: duckdb.DuckDBPyConnection, since: datetime, limit: int) -
         """
         WITH latest AS (
             SELECT a.id, a.story_id, a.ok, a.error, a.adapter,
-                   'news-' || left(sha256(s.canonical_url), 16) AS record_id  -- as news_record_id() computes it
+                   'news-' || left(sha256(s.canonical_url), 16) AS record_id  -- the same in every database
             FROM analyses a
             JOIN stories s ON s.id = a.story_id AND s.content_version = a.content_version
             WHERE s.duplicate_of IS NULL AND s.first_seen_at >= ?

@@ -33,7 +33,6 @@ class _Pending:
 @dataclass
 class WriterStats:
     batches: int = 0
-    operations: int = 0
     held_seconds: float = 0.0
     lock_waits: int = 0
 
@@ -104,7 +103,6 @@ class StoreWriter:
         with self.db.write() as conn:
             results = [operation(conn) for operation in operations]
         self.stats.batches += 1
-        self.stats.operations += len(operations)
         self.stats.held_seconds += time.monotonic() - started
         return results
 

@@ -177,8 +177,8 @@ def test_bad_alert_settings_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(config)
     message = str(error.value)
-    assert "alerts.webhook_url: Value error, must be an http:// or https:// URL" in message
-    assert "alerts.command: Value error, must name the program first" in message
+    assert "alerts.webhook_url: must be an http:// or https:// URL" in message
+    assert "alerts.command: must name the program first" in message
     assert "alerts.threshhold: unknown key (did you mean 'threshold'?)" in message
 
 
@@ -206,6 +206,10 @@ async def test_the_daemon_alerts_on_what_the_model_found_and_records_delivery(db
     runner = CliRunner(env={"COLUMNS": "250"})
     listing = runner.invoke(app, ["alerts", "--config", str(config_file), "--since", "1d"])
     assert listing.exit_code == 0 and all(ticker in listing.output for ticker in swung)
+    as_json = runner.invoke(app, ["alerts", "--config", str(config_file), "--format", "json"])
+    assert sorted((a["ticker"], a["message"], a["delivery_error"]) for a in json.loads(as_json.stdout)) == sorted(
+        (ticker, message, None) for ticker, message, *_ in fired
+    )
     status = runner.invoke(app, ["status", "--config", str(config_file)])
     assert re.search(rf"│ alerts +│ {len(fired)} +│", status.output), status.output
 

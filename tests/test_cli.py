@@ -40,6 +40,27 @@ def test_init_writes_a_config_and_refuses_to_overwrite(tmp_path):
     assert again.exit_code == 2 and "--force" in again.output
 
 
+def test_init_makes_the_folder_and_names_a_path_it_cannot_write(tmp_path):
+    server_layout = tmp_path / "etc" / "sentimon" / "sentimon.toml"
+    assert invoke("init", str(server_layout)).exit_code == 0 and server_layout.is_file()
+    under_a_file = server_layout / "sentimon.toml"
+    result = invoke("init", str(under_a_file))
+    assert result.exit_code == 2 and f"cannot write {under_a_file}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(("articles", "--limit", "0"), "'--limit'"), (("movers", "--limit", "-1"), "'--limit'"),
+     (("sentiment", "-t", "AAPL", "--every", "0s"), "'0s': a duration must be more than 0"),
+     (("movers", "--window", "0h"), "'0h': a duration must be more than 0")],
+)  # fmt: skip
+def test_counts_and_spans_below_one_are_refused_before_any_query(tmp_path, args, named):
+    config = tmp_path / "s.toml"
+    config.write_text(f'database = "{tmp_path / "none.duckdb"}"\n')
+    result = invoke(*args, "--config", str(config))
+    assert result.exit_code == 2 and named in result.output
+
+
 def test_bad_config_key_stops_with_the_key_named(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[http]\nper_host_rat = 3\n")
@@ -65,7 +86,11 @@ def test_status_and_articles_show_what_the_run_stored(filled):
 
     with Database(filled.parent / "s.duckdb").read() as conn:
         msft = conn.execute("SELECT title FROM articles WHERE list_contains(tickers, 'MSFT')").fetchall()
+        stories = conn.execute("SELECT count(*) FROM articles").fetchone()[0]
     assert len(msft) == 2 and all(title[:30] in listing.output for (title,) in msft)
+    as_json = json.loads(invoke("articles", "--config", str(filled), "--since", "5000d", "--format", "json").stdout)
+    assert len(as_json) == stories > len(msft)
+    assert all(row["url"].startswith("http") and row["tickers"] for row in as_json)
     assert invoke("articles", "--config", str(filled), "--since", "often").exit_code == 2
 
 
@@ -90,6 +115,9 @@ def test_sentiment_series_table_and_plot(filled, tmp_path):
     assert sum(articles for articles, _, _ in counts) == 2, result.output
     assert all(positive == articles and negative == 0 for articles, positive, negative in counts)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    unwritable = plot / "aapl.png"  # under a file
+    refused = invoke("sentiment", "--config", str(filled), "-t", "AAPL", "--since", "20000d", "--plot", str(unwritable))
+    assert refused.exit_code == 2 and f"cannot write {unwritable}" in refused.output
     as_json = runner.invoke(app, ["sentiment", "--config", str(filled), "--ticker", "AAPL", "--since", "20000d",
                                   "--format", "json"])  # fmt: skip
     buckets = json.loads(as_json.stdout)

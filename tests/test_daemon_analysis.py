@@ -1,6 +1,5 @@
 """The analyze stage in the daemon, with the real embedded model on CPU."""
 
-import pytest
 
 from monitor.analysis import build_analyzer
 from monitor.config import Config, PipelineSettings

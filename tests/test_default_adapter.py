@@ -67,6 +67,15 @@ def test_an_article_naming_many_companies_comes_back_whole(config_file: Path) ->
     assert result.completion_tokens > 256 and len(result.entities) >= 12
 
 
+def test_analyze_prints_each_entity_linked_and_scored_as_json(config_file: Path) -> None:
+    text = "Apple shares shot up thanks to iPhone sales, while Intel slumped after a weak forecast."
+    done = runner.invoke(app, ["analyze", "--text", text, "--config", str(config_file), "--format", "json"])
+    result = json.loads(done.stdout)
+    said = {e["ticker"]: (e["polarity"], e["score"]) for e in result["entities"] if e["ticker"]}
+    assert result["ok"] and result["adapter"] == str(BUNDLED_ADAPTER), done.output
+    assert said["AAPL"][0] == "+" and said["AAPL"][1] > 0.5 and said["INTC"][0] == "-" and said["INTC"][1] < -0.5
+
+
 def test_eval_scores_the_bundled_adapter_above_the_base_model(config_file: Path, tmp_path: Path) -> None:
     records = DEV_SET.read_text(encoding="utf-8").splitlines()[:8]
     data = tmp_path / "dev8.jsonl"

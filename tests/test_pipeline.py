@@ -1,10 +1,10 @@
 """The ingestion path end to end: real loopback server of captures -> the real pipeline -> a real DuckDB file."""
 
 import asyncio
+import re
 import signal
 from pathlib import Path
 
-import pytest
 import tomli_w
 from aiohttp import web
 
@@ -276,4 +276,4 @@ async def test_a_stop_during_a_poll_ends_it_without_an_error(tmp_path, db_path):
     log = stderr.decode()
     assert daemon.returncode == 0, log
     assert "Traceback" not in log and "raised an exception" not in log
-    assert "poll stopped: the daemon is shutting down" in log
+    assert "poll stopped: the daemon is shutting down" in log and re.search(r"stopped: \d+ polls", log)

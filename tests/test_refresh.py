@@ -35,6 +35,7 @@ from training.hotswap import adapter_watch
 from training.refresh import RefreshError, RefreshOptions, refresh
 from training.registry import ADAPTER_FILE, beats, registry_for
 from training.review import import_reviews
+from training import stack
 from training.schedule import schedule_training, train_if_due
 
 DATASETS = Path(__file__).parents[1] / "datasets"
@@ -240,3 +241,13 @@ def test_merge_makes_a_scored_version_and_names_what_it_cannot_average(tiny, ref
         failed = runner.invoke(app, ["adapters", "merge", *sources, "--config", str(config_file)])
         assert failed.exit_code == 1 and problem in failed.output, failed.output
     assert sorted(path.name for path in registry.root.glob("v*")) == folders, "a failed merge leaves no version"
+
+
+def test_without_the_training_extras_train_and_the_schedule_say_what_to_install(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(stack, "TRAINING_PACKAGES", (*stack.TRAINING_PACKAGES, "sentimon_absent_package"))
+    done = CliRunner(env={"COLUMNS": "250"}).invoke(app, ["train", "--steps", "1"])
+    assert done.exit_code == 1
+    assert "training needs sentimon_absent_package, not installed: pip install 'sentimon[train]'" in done.output
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    schedule_training(scheduler, Config(), writer=None)
+    assert scheduler.get_jobs() == [] and "sentimon_absent_package, not installed" in caplog.text

@@ -115,6 +115,13 @@ def test_rollback_refuses_what_cannot_run(registry: AdapterRegistry) -> None:
     assert registry.current_label() == v1
 
 
+def test_rollback_to_base_on_a_fresh_install(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "sentimon-adapters", bundled=tmp_path / "default.gguf")
+    (tmp_path / "default.gguf").write_bytes(b"GGUF")
+    assert not registry.root.exists() and registry.rollback("base") == "base"
+    assert registry.current_label() == "base"
+
+
 def test_damaged_files_are_named(registry: AdapterRegistry) -> None:
     label = add_version(registry, 0.5)
     (registry.root / label / MANIFEST_FILE).write_text('{"version": "v001"')

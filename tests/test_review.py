@@ -17,7 +17,7 @@ from monitor.cli import app
 from scrapers.canonical import canonical_url
 from scrapers.feeds import FeedItem
 from storage import reviews, writes
-from storage.db import Database
+from storage.db import Database, DatabaseError
 from training.review import (
     InputError, ReviewImportError, ReviewSession, export_reviews, import_reviews, parse_category, parse_polarity,
 )  # fmt: skip
@@ -158,6 +158,34 @@ def test_input_ending_mid_article_keeps_what_was_decided(config_file: Path, data
     assert result.exit_code == 0
     assert [decision for _, decision, _, _, _ in stored(database)] == ["accepted"]
     assert "4 left" in result.output
+
+
+def test_options_before_a_subcommand_apply_to_it(config_file: Path, database: Database, tmp_path: Path) -> None:
+    runner.invoke(app, ["review", "--config", str(config_file)], input="a\nq\n", catch_exceptions=False)
+    out = tmp_path / "reviewed.jsonl"
+    result = runner.invoke(app, ["review", "-c", str(config_file), "export", "--out", str(out)])
+    assert result.exit_code == 0 and "wrote 1 reviewed examples" in result.output
+
+
+def test_database_errors_say_decisions_are_saved_only_after_one(
+    config_file: Path, database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    missing = tmp_path / "missing.toml"
+    missing.write_text(tomli_w.dumps({"database": str(tmp_path / "none.duckdb")}))
+    fresh = runner.invoke(app, ["review", "--config", str(missing)])
+    assert fresh.exit_code == 2 and "no database yet" in fresh.output and "decisions made" not in fresh.output
+
+    store, calls = reviews.store_review, []
+
+    def store_once(conn, review, at) -> None:
+        calls.append(review)
+        if len(calls) > 1:
+            raise DatabaseError("the database is locked")
+        store(conn, review, at)
+
+    monkeypatch.setattr(reviews, "store_review", store_once)
+    later = runner.invoke(app, ["review", "--config", str(config_file)], input="a\na\n")
+    assert later.exit_code == 2 and "locked; decisions made before this one are saved" in later.output
 
 
 def test_decision_waits_for_a_database_held_by_another_process(database: Database) -> None:

@@ -6,12 +6,12 @@ every test. Training runs are tiny (rank 4, eight headline-sized examples, a few
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import types
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -19,7 +19,6 @@ from llama_cpp import Llama
 from peft import PeftModel
 from safetensors.torch import load_file
 
-import training
 from model.embedded import embedded_model_path
 from model.prompt import INSTRUCTION, format_training_example
 from model.schema import EntityMention, serialize_mentions
@@ -28,6 +27,7 @@ from training.convert import ConversionError, hf_base_dir, load_base_model, load
 from training.export import ExportError, check_export, export_gguf_adapter, tensor_names
 from training.lora import CHECKPOINT_FILE, TrainingError, TrainSettings, completion_loss, lora_model, main, train_lora
 from training.packing import TrainingDataError, TrainingExample, build_pack, encode, plan_batches
+from training.trainers import pick_trainer
 from training.vocab_loss import projected_cross_entropy
 
 DEV_SET = Path(__file__).parents[1] / "datasets" / "dev.jsonl"
@@ -369,117 +369,62 @@ def test_module_names_map_to_llama_cpp_tensor_names() -> None:
         tensor_names("nonesuch", 2)
 
 
-# -- the MLX path, with a stand-in for mlx / mlx-lm (they only run on Apple Silicon) ---------------------------------
+# -- the MLX path: mlx-lm's trainer, for real (mlx[cpu] on Linux is slow, so on a six-layer Gemma 3) -----------------
 
 
-class _FakeLayer:
-    def named_modules(self):
-        names = ["self_attn", *(f"self_attn.{p}_proj" for p in "qkvo"), "self_attn.q_norm", "mlp",
-                 *(f"mlp.{p}_proj" for p in ("gate", "up", "down"))]  # fmt: skip
-        return [(name, object()) for name in names]
+@pytest.fixture(scope="session")
+def small_gemma(hf_dir: Path, tokenizer, tmp_path_factory) -> Path:
+    """A randomly initialised Gemma 3 of six narrow layers (one full-attention cycle) with the real model's
+    configuration otherwise and its tokenizer, in the same Hugging Face layout: small enough for mlx on a CPU."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(hf_dir)
+    config.update({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 6, "num_attention_heads": 2,
+                   "head_dim": 32, "query_pre_attn_scalar": 32, "layer_types": config.layer_types[:6]})  # fmt: skip
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("small-gemma")
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
-class _FakeModel:
-    layers = [_FakeLayer(), _FakeLayer()]
-    vocabulary = 7
+def test_mlx_training_masks_like_torch_and_its_adapter_runs_the_same_in_mlx_and_torch(
+    tmp_path: Path, small_gemma: Path, base_gguf: Path, tokenizer, short_examples
+) -> None:
+    mx = pytest.importorskip("mlx.core", reason="mlx is not installed (the test extra installs mlx[cpu] on Linux)")
+    from mlx_lm import load
 
-    def freeze(self) -> None:
-        pass
+    from training.mlx_backend import MLX_DIR, iterate_batches, train_lora_mlx
 
-    def __call__(self, tokens: np.ndarray) -> np.ndarray:
-        return np.zeros((*tokens.shape, self.vocabulary), np.float32)
-
-
-def _fake_mlx(calls: dict) -> dict[str, types.ModuleType]:
-    def module(name: str, **attributes) -> types.ModuleType:
-        fake = types.ModuleType(name)
-        fake.__dict__.update(attributes)
-        return fake
-
-    def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        shifted = logits - logits.max(-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        # The stand-in model has a tiny vocabulary; the value of a uniform prediction is the same for any target.
-        return -np.take_along_axis(log_probs, targets[..., None].astype(int) % logits.shape[-1], -1)[..., 0]
-
-    def linear_schedule(init: float, end: float, steps: int):
-        return lambda step: init + (end - init) * min(step, steps) / steps
-
-    def join_schedules(schedules, boundaries):
-        return lambda step: schedules[1](step - boundaries[0]) if step >= boundaries[0] else schedules[0](step)
-
-    class TrainingArgs(types.SimpleNamespace):
-        pass
-
-    def train(*, model, optimizer, train_dataset, val_dataset, args, loss, iterate_batches, training_callback):
-        calls.update(args=args, optimizer=optimizer, batches=[])
-        batches = iterate_batches(dataset=train_dataset, batch_size=args.batch_size,
-                                  max_seq_length=args.max_seq_length, train=True)  # fmt: skip
-        for iteration in range(1, args.iters + 1):
-            batch = next(batches)
-            value, count = loss(model, *batch)
-            calls["batches"].append((batch, float(value), float(count)))
-            training_callback.on_train_loss_report(
-                {"iteration": iteration, "train_loss": float(value), "tokens_per_second": 1.0}
-            )
-        Path(args.adapter_file).write_bytes(b"weights")
-
-    return {
-        "mlx": module("mlx"),
-        "mlx.core": module("mlx.core", array=np.asarray, float32=np.float32,
-                           random=types.SimpleNamespace(seed=lambda s: calls.update(seed=s))),  # fmt: skip
-        "mlx.nn": module("mlx.nn", Module=object, losses=types.SimpleNamespace(cross_entropy=cross_entropy)),
-        "mlx.optimizers": module(
-            "mlx.optimizers", AdamW=lambda **kw: kw, linear_schedule=linear_schedule, join_schedules=join_schedules
-        ),
-        "mlx_lm": module("mlx_lm", load=lambda path: (_FakeModel(), None)),
-        "mlx_lm.tuner": module("mlx_lm.tuner"),
-        "mlx_lm.tuner.trainer": module("mlx_lm.tuner.trainer", TrainingArgs=TrainingArgs, train=train),
-        "mlx_lm.tuner.utils": module(
-            "mlx_lm.tuner.utils", linear_to_lora_layers=lambda model, n, params: calls.update(lora=(n, params))
-        ),
-    }
-
-
-@pytest.fixture
-def mlx_backend(monkeypatch):
-    """training.mlx_backend imported against the stand-ins, and forgotten afterwards."""
-    calls: dict = {}
-    for name, fake in _fake_mlx(calls).items():
-        monkeypatch.setitem(sys.modules, name, fake)
-    monkeypatch.delitem(sys.modules, "training.mlx_backend", raising=False)
-    module = importlib.import_module("training.mlx_backend")
-    yield module, calls
-    del sys.modules["training.mlx_backend"]
-    delattr(training, "mlx_backend")
-
-
-def test_mlx_training_masks_like_torch_and_writes_mlx_adapters(mlx_backend, tmp_path: Path, hf_dir: Path,
-                                                               tokenizer, short_examples) -> None:  # fmt: skip
-    module, calls = mlx_backend
-    settings = TINY.model_copy(update={"warmup_ratio": 0.25})
-    result = module.train_lora_mlx(short_examples, model_path=hf_dir, out_dir=tmp_path, settings=settings,
-                                   progress=False)  # fmt: skip
-
-    config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["lora_parameters"]["keys"] == sorted(
-        [*(f"self_attn.{p}_proj" for p in "qkvo"), *(f"mlp.{p}_proj" for p in ("gate", "up", "down"))]
-    )
-    assert config["lora_parameters"]["scale"] == settings.alpha / settings.rank
-    assert calls["lora"] == (2, config["lora_parameters"])
-    assert (tmp_path / "adapters.safetensors").read_bytes() == b"weights"
-    assert result.iterations == calls["args"].iters == len(calls["batches"])
-
-    schedule = calls["optimizer"]["learning_rate"]
-    warmup = -(-result.iterations // 4)
-    assert schedule(0) == 0 and schedule(warmup) == settings.learning_rate and schedule(result.iterations) == 0
-
-    by_tokens = {e.tokens: e for e in encode(short_examples, tokenizer, max_tokens=settings.max_tokens)}
-    for (tokens, weights), value, count in calls["batches"]:
-        assert value == pytest.approx(np.log(_FakeModel.vocabulary), rel=1e-5)  # uniform logits
-        assert count == weights.sum()
-        for row, row_weights in zip(tokens, weights):
+    encoded = encode(short_examples, tokenizer, max_tokens=TINY.max_tokens)
+    by_tokens = {e.tokens: e for e in encoded}
+    for tokens, weights in iterate_batches(encoded, batch_size=3, max_seq_length=TINY.max_tokens):
+        for row, row_weights in zip(np.array(tokens), np.array(weights), strict=True):
             example = by_tokens[tuple(int(t) for t in row[row != 0])]  # no example holds the pad id 0
             expected = np.zeros_like(row_weights)
             expected[example.prompt_len - 1 : len(example.tokens) - 1] = example.in_loss
             assert (row_weights == expected).all()
+
+    result = train_lora_mlx(short_examples[1:3], model_path=small_gemma, out_dir=tmp_path, progress=False,
+                            settings=TINY.model_copy(update={"max_steps": 1}))  # one batch of both, of two epochs
+    assert (result.steps_done, len(result.losses), result.total_steps) == (1, 1, 2) and not result.finished
+
+    probe = min(by_tokens, key=len)
+    model, _ = load(str(small_gemma), adapter_path=str(tmp_path / MLX_DIR))  # mlx-lm reads its own format
+    mlx_adapted = np.array(model(mx.array([probe]))[0, -12:].astype(mx.float32))
+    with torch.no_grad():
+        base = load_base_model(small_gemma)
+        torch_base = base(torch.tensor([probe])).logits[0, -12:].float().numpy()
+        merged = PeftModel.from_pretrained(base, result.adapter_dir).merge_and_unload()  # the peft copy
+        torch_adapted = merged(torch.tensor([probe])).logits[0, -12:].float().numpy()
+    shift = np.abs(torch_adapted - torch_base).mean()
+    assert np.abs(mlx_adapted - torch_adapted).mean() < shift / 5, "the peft copy is not the adapter mlx trained"
+
+    adapter = gguf.GGUFReader(export_gguf_adapter(result.adapter_dir, base_gguf, tmp_path / "adapter.gguf"))
+    assert len(adapter.tensors) == len(load_file(result.adapter_dir / "adapter_model.safetensors"))
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="on a Mac, auto may pick mlx-lm")
+def test_auto_trains_with_torch_off_apple_silicon_and_mlx_when_asked() -> None:
+    assert pick_trainer("auto") == pick_trainer("torch") == "torch"
+    assert pick_trainer("mlx") == "mlx"  # the test extra installs mlx-lm

@@ -202,7 +202,11 @@ def _train_step(
 def lora_model(base: PreTrainedModel, settings: TrainSettings) -> PeftModel:
     """`base` with LoRA adapters (B = 0, so it still computes the base model) and packed-row attention."""
     use_packed_attention(base)
-    config = LoraConfig(
+    return get_peft_model(base, lora_config(settings))
+
+
+def lora_config(settings: TrainSettings) -> LoraConfig:
+    return LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
@@ -210,7 +214,6 @@ def lora_model(base: PreTrainedModel, settings: TrainSettings) -> PeftModel:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(base, config)
 
 
 def completion_loss(model: torch.nn.Module, pack: Pack) -> torch.Tensor:

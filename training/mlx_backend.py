@@ -1,21 +1,21 @@
-"""LoRA training on Apple Silicon with mlx-lm's tuner, saving an adapter in mlx-lm's format.
+"""LoRA training with mlx-lm's tuner (Apple Silicon; `sentimon train` picks it there, training/trainers.py).
 
-Import this module only where mlx-lm is installed (macOS on Apple Silicon); it shares the settings and
-the tokenization of the torch trainer, so torch and transformers must be installed as well. The examples
-are tokenized exactly as for torch (training/packing.py) and the loss skips the same tokens: the prompt and
-the excluded completion spans. mlx-lm's trainer runs the steps with its own batching (length-sorted,
-padded) and saves `adapters.safetensors` + `adapter_config.json`, which `mlx_lm.load(model,
-adapter_path=dir)` reads. Unlike the torch trainer it keeps no optimizer state: an interrupted run starts
-over. Written against mlx-lm's tuner API (train(model, optimizer, train_dataset, val_dataset, args, loss,
-iterate_batches, training_callback)); tested here with stand-in modules only.
+Import this module only where mlx-lm is installed; it shares the settings and the tokenization of the torch
+trainer, so torch and transformers must be installed as well. The examples are tokenized exactly as for torch
+(training/packing.py) and the loss skips the same tokens: the prompt and the excluded completion spans.
+mlx-lm's trainer runs the steps with its own batching (length-sorted, padded) and saves `mlx/adapters.safetensors`
++ `mlx/adapter_config.json`, which `mlx_lm.load(model, adapter_path=...)` reads; the same weights are also
+written as a peft adapter (`peft/`), which training/export.py turns into the llama.cpp GGUF adapter. Unlike the
+torch trainer it keeps no optimizer state: an interrupted run starts over. mlx runs on Linux too (`mlx[cpu]`,
+slowly), which is how the tests run it for real.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -25,21 +25,18 @@ import numpy as np
 from mlx_lm import load
 from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
+from safetensors.torch import load_file, save_file
 
 from training.convert import load_tokenizer
-from training.lora import TrainingError, TrainSettings, progress_bar
+from training.export import ADAPTER_WEIGHTS as PEFT_WEIGHTS
+from training.lora import TrainingError, TrainResult, TrainSettings, lora_config, progress_bar
 from training.packing import EncodedExample, TrainingExample, as_example, encode
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+MLX_DIR = "mlx"
+PEFT_DIR = "peft"
 _PAD_TO = 32
-
-
-@dataclass(frozen=True)
-class MlxTrainResult:
-    adapter_dir: Path  # mlx-lm adapter directory
-    iterations: int
-    last_loss: float
 
 
 def train_lora_mlx(
@@ -49,16 +46,17 @@ def train_lora_mlx(
     out_dir: Path,
     settings: TrainSettings = TrainSettings(),
     progress: bool = True,
-) -> MlxTrainResult:
+) -> TrainResult:
     """Train a LoRA adapter for the MLX model in `model_path` (a Hugging Face-layout directory, e.g.
-    training.convert.hf_base_dir of the GGUF) and save it in `out_dir`."""
+    training.convert.hf_base_dir of the GGUF) and save it in `out_dir`: mlx-lm's format in `mlx/`, peft's in
+    `peft/` (the result's adapter_dir)."""
     if not examples:
         raise TrainingError("no training examples")
     encoded = encode([as_example(item) for item in examples], load_tokenizer(model_path), settings.max_tokens)
     batch_size = max(1, min(len(encoded), settings.batch_tokens // max(len(e.tokens) for e in encoded)))
-    iterations = settings.epochs * math.ceil(len(encoded) / batch_size)
-    if settings.max_steps:
-        iterations = min(iterations, settings.max_steps)
+    per_epoch = math.ceil(len(encoded) / batch_size)
+    total = settings.epochs * per_epoch
+    iterations = min(total, settings.max_steps) if settings.max_steps else total
 
     mx.random.seed(settings.seed)
     np.random.seed(settings.seed)  # mlx-lm's batch order
@@ -72,9 +70,9 @@ def train_lora_mlx(
     }
     linear_to_lora_layers(model, len(model.layers), lora_parameters)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ADAPTER_CONFIG).write_text(
+    mlx_dir = Path(out_dir) / MLX_DIR
+    mlx_dir.mkdir(parents=True, exist_ok=True)
+    (mlx_dir / ADAPTER_CONFIG).write_text(
         json.dumps({"fine_tune_type": "lora", "num_layers": len(model.layers), "lora_parameters": lora_parameters}),
         encoding="utf-8",
     )
@@ -86,27 +84,43 @@ def train_lora_mlx(
         ],
         [warmup],
     )
+    started = time.monotonic()
     with _ProgressReport(iterations, progress) as report:
         train(
             model=model,
             optimizer=optim.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay),
             train_dataset=encoded,
-            val_dataset=encoded[:batch_size],
+            val_dataset=None,  # no validation passes: nothing here reads a validation loss
             args=TrainingArgs(
                 batch_size=batch_size,
                 iters=iterations,
-                val_batches=1,
                 steps_per_report=1,
-                steps_per_eval=iterations + 1,
                 steps_per_save=settings.checkpoint_every,
                 max_seq_length=settings.max_tokens,
-                adapter_file=str(out_dir / ADAPTER_WEIGHTS),
+                adapter_file=str(mlx_dir / ADAPTER_WEIGHTS),
             ),
             loss=masked_loss,
             iterate_batches=iterate_batches,
             training_callback=report,
         )
-    return MlxTrainResult(out_dir, iterations, report.last_loss)
+    seconds = time.monotonic() - started
+    return TrainResult(
+        adapter_dir=as_peft_adapter(mlx_dir, settings, Path(out_dir) / PEFT_DIR), steps_done=iterations,
+        total_steps=total, resumed_from_step=0, losses=tuple(report.losses), seconds=seconds,
+        example_tokens=round(sum(len(e.tokens) for e in encoded) * iterations / per_epoch),  # batches vary in size
+    )  # fmt: skip
+
+
+def as_peft_adapter(mlx_dir: Path, settings: TrainSettings, out_dir: Path) -> Path:
+    """mlx-lm's adapter as a peft one. mlx-lm adds scale · (x·lora_a)·lora_b with lora_a (in × r), lora_b
+    (r × out) and scale = alpha / r; peft adds alpha / r · B·(A·x) with A (r × in), B (out × r)."""
+    peft = {}
+    for key, value in load_file(mlx_dir / ADAPTER_WEIGHTS).items():
+        module, _, matrix = key.rpartition(".lora_")
+        peft[f"base_model.model.{module}.lora_{matrix.upper()}.weight"] = value.T.contiguous()
+    lora_config(settings).save_pretrained(out_dir)  # the adapter_config.json the torch trainer writes
+    save_file(peft, out_dir / PEFT_WEIGHTS)
+    return out_dir
 
 
 def _lora_keys(model, targets: Sequence[str]) -> set[str]:
@@ -153,7 +167,7 @@ class _ProgressReport:
     """mlx-lm training callback that drives the progress bar."""
 
     def __init__(self, iterations: int, show: bool) -> None:
-        self.last_loss = float("nan")
+        self.losses: list[float] = []
         self._bar = progress_bar(show)
         self._task = self._bar.add_task("LoRA (mlx)", total=iterations, loss=float("nan"), rate=0.0)
 
@@ -165,10 +179,7 @@ class _ProgressReport:
         self._bar.stop()
 
     def on_train_loss_report(self, info: dict) -> None:
-        self.last_loss = info["train_loss"]
+        self.losses.append(info["train_loss"])
         self._bar.update(
             self._task, completed=info["iteration"], loss=info["train_loss"], rate=info["tokens_per_second"]
         )
-
-    def on_val_loss_report(self, info: dict) -> None:
-        pass

@@ -51,13 +51,14 @@ from storage.db import Database
 from training.dataset import DataSources, TrainingSet, assemble
 from training.adapter_file import AdapterFileError
 from training.export import export_gguf_adapter
-from training.lora import TrainSettings, settings_problems, train_lora
+from training.lora import TrainSettings, settings_problems
 from training.merge import MergeError, merge_adapters
 from training.registry import (
     ADAPTER_FILE, BASE, BUNDLED, VERSION_LABEL, AdapterRegistry, Manifest, beats, registry_for,
 )  # fmt: skip
 from training.review import ensure_schema
 from training.score_cache import cached_scores, score_key
+from training.trainers import run_trainer
 
 log = logging.getLogger("sentimon.training")
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -119,8 +120,8 @@ def _refresh(
         return RefreshOutcome("unchanged", done.version, f"{done.version} was trained on the same data and settings; "
                               "nothing to do (--force trains again)")  # fmt: skip
 
-    result = train_lora(data.examples, base_gguf=base, out_dir=_run_dir(registry, data.data_hash, options),
-                        settings=settings, progress=options.progress)  # fmt: skip
+    result = run_trainer(config.training.trainer, data.examples, base_gguf=base, settings=settings,
+                         out_dir=_run_dir(registry, data.data_hash, options), progress=options.progress)  # fmt: skip
     label = registry.reserve()
     export_gguf_adapter(result.adapter_dir, base, registry.root / label / ADAPTER_FILE)
     manifest = Manifest(

@@ -198,13 +198,17 @@ class AdapterRegistry:
             self._switch(target.model_copy(update={"retired_at": None, "previous": target.previous or current}), now)
         else:
             self._retire_current(now)
-            write_atomically(self.pointer, label + "\n")
+            self._point_to(label)
         return label
 
     def _switch(self, manifest: Manifest, now: datetime) -> None:
         self._retire_current(now)
         self.save(manifest)
-        write_atomically(self.pointer, manifest.version + "\n")
+        self._point_to(manifest.version)
+
+    def _point_to(self, label: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)  # a fresh install may roll back to base before any training
+        write_atomically(self.pointer, label + "\n")
 
     def _retire_current(self, now: datetime) -> None:
         current = self.current_label()

@@ -82,9 +82,10 @@ class ReviewSession:
         self.ask = ask
         self.console = console
         self.text_chars = text_chars
+        self.tally = ReviewTally()  # what was decided and stored so far; kept when a database error ends the run
 
     def run(self, queue: Sequence[QueuedAnalysis]) -> ReviewTally:
-        tally = ReviewTally()
+        tally = self.tally
         for position, item in enumerate(queue, start=1):
             text = review_text(item.title, item.body, self.text_chars)
             try:

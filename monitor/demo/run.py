@@ -25,8 +25,8 @@ def run_demo(console: Console, *, database: Path | None, with_model: bool) -> No
         asyncio.run(_ingest(console, path, with_model))
         _show(console, path, with_model)
         if database:
-            console.print(f"\nthe demo database is kept at {path}: try `sentimon articles --config` with "
-                          f"`database = \"{path}\"`, or query it with DuckDB")
+            console.print(f"\nthe demo database is kept at {path}: try `SENTIMON_DATABASE={path} sentimon articles "
+                          "--since 3000d` (its captures are from 2020 and 2026), or query it with DuckDB")
 
 
 async def _ingest(console: Console, path: Path, with_model: bool) -> None:
