@@ -117,7 +117,8 @@ async def chat_server() -> AsyncIterator[tuple[ChatServer, str]]:
 
 
 def backend_for(base_url: str, **openai: object) -> OpenAIBackend:
-    settings = OpenAISettings(base_url=base_url, model="gemma-3-270m", timeout_seconds=5, **openai)
+    # A generous timeout: no test here waits on one, and a busy CI machine once stalled a loopback reply past 5 s.
+    settings = OpenAISettings(base_url=base_url, model="gemma-3-270m", timeout_seconds=30, **openai)
     return OpenAIBackend(ModelSettings(backend="openai", openai=settings))
 
 
