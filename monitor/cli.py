@@ -53,8 +53,12 @@ def print_json(value: object) -> None:
     print(json.dumps(value, indent=2, default=lambda value: value.isoformat()))
 
 
+def as_records(fields: tuple[str, ...], rows: list[tuple]) -> list[dict]:
+    return [dict(zip(fields, row, strict=True)) for row in rows]
+
+
 def print_rows_json(fields: tuple[str, ...], rows: list[tuple]) -> None:
-    print_json([dict(zip(fields, row, strict=True)) for row in rows])
+    print_json(as_records(fields, rows))
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -146,7 +150,7 @@ def open_database(config: Config) -> Database:
 
 
 @app.command()
-def status(config_file: ConfigOption = None) -> None:
+def status(config_file: ConfigOption = None, output_format: FormatOption = OutputFormat.table) -> None:
     """Feeds, their last poll and errors, and what the database holds. Works while the daemon runs."""
     config = settings(config_file)
     try:
@@ -155,6 +159,10 @@ def status(config_file: ConfigOption = None) -> None:
             totals = queries.counts(conn)
     except DatabaseError as exc:
         raise fail(str(exc)) from None
+    if output_format is OutputFormat.json:
+        fields = ("feed", "tickers", "last_poll", "last_ok", "consecutive_errors", "last_error", "items", "new")
+        print_json({"feeds": as_records(fields, feeds), "database": totals})
+        return
     table = Table(title=f"feeds ({config.database})")
     for column in ("feed", "tickers", "last poll", "last ok", "errors", "last error", "items", "new"):
         table.add_column(column, overflow="fold")

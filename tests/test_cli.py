@@ -80,6 +80,9 @@ def test_status_and_articles_show_what_the_run_stored(filled):
     status = invoke("status", "--config", str(filled))
     assert status.exit_code == 0
     assert "rss/2.0/headline?s=AAPL" in status.output and "stories" in status.output
+    health = json.loads(invoke("status", "--config", str(filled), "--format", "json").stdout)
+    assert {tuple(feed["tickers"]) for feed in health["feeds"]} == {("AAPL",), ("MSFT",)}
+    assert all(feed["consecutive_errors"] == 0 and datetime.fromisoformat(feed["last_ok"]) for feed in health["feeds"])
     listing = invoke("articles", "--config", str(filled), "--ticker", "msft", "--since", "5000d")
     assert listing.exit_code == 0
     from storage.db import Database
@@ -89,7 +92,7 @@ def test_status_and_articles_show_what_the_run_stored(filled):
         stories = conn.execute("SELECT count(*) FROM articles").fetchone()[0]
     assert len(msft) == 2 and all(title[:30] in listing.output for (title,) in msft)
     as_json = json.loads(invoke("articles", "--config", str(filled), "--since", "5000d", "--format", "json").stdout)
-    assert len(as_json) == stories > len(msft)
+    assert len(as_json) == stories == health["database"]["stories"] > len(msft)
     assert all(row["url"].startswith("http") and row["tickers"] for row in as_json)
     assert invoke("articles", "--config", str(filled), "--since", "often").exit_code == 2
 
