@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from model.embedded import cache_dir, sha256_file
 
 SOURCE_FILE = "source.json"
+
+# peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every PeftModel it builds; the
+# FutureWarning is theirs to fix and only clutters `sentimon train`'s output.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 class ConversionError(RuntimeError):
