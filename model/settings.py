@@ -38,15 +38,16 @@ class ModelSettings(BaseModel):
         EMBEDDED,
         description=(
             'Model to run: "embedded" (the bundled Gemma 3 270M GGUF), a GGUF file path, a Hugging Face repo id '
-            '("org/name" or "org/name/file.gguf"); for mlx, a local model directory or repo id.'
+            '("org/name" or "org/name/file.gguf"); for mlx also an MLX model directory or repo id (a GGUF runs in mlx '
+            "from its one-time Hugging Face conversion, the one training uses)."
         ),
     )
     adapter: str | None = Field(
         None,
         description=(
-            "LoRA adapter to pin: a GGUF LoRA file (llama_cpp) or an adapter directory (mlx). Unset, llama_cpp "
-            "uses the adapter registry's current one (`sentimon adapters list`): the shipped default adapter until "
-            "training promotes another."
+            "LoRA adapter to pin: a GGUF LoRA file (llama_cpp) or an mlx-lm adapter directory (mlx). Unset, a GGUF "
+            "model follows the adapter registry's current one (`sentimon adapters list`): the shipped default "
+            "adapter until training promotes another."
         ),
     )
     threads: int = Field(2, ge=1, description="CPU threads used for inference (llama_cpp).")
@@ -66,13 +67,16 @@ class ModelSettings(BaseModel):
     )
     openai: OpenAISettings = Field(default_factory=OpenAISettings, description="Used when backend = \"openai\".")
 
+    @property
+    def gguf_model(self) -> bool:
+        """Whether `model` names a GGUF file: the base that training and the adapter registry work on. For mlx only
+        the embedded model and *.gguf paths do ("org/name" is an MLX repo there); openai's model is the server's."""
+        if self.backend == "mlx":
+            return self.model == EMBEDDED or self.model.endswith(".gguf")
+        return self.backend == "llama_cpp"
+
     @model_validator(mode="after")
     def _fits_backend(self) -> ModelSettings:
-        if self.backend == "mlx" and self.model == EMBEDDED:
-            raise ValueError(
-                'the embedded model is a GGUF file for backend "llama_cpp"; with backend "mlx" set model to an MLX '
-                "model directory or Hugging Face repo id"
-            )
         if self.backend == "openai" and self.adapter is not None:
             raise ValueError('backend "openai" cannot load adapter files: serve the adapter on the server instead')
         if self.max_input_tokens + self.max_output_tokens >= self.context_tokens:

@@ -454,14 +454,16 @@ def _prediction_line(record, result) -> str:
 def _use_adapter(analyzer, config: Config, choice: str) -> str:
     """Put the chosen adapter on the loaded model; returns how to name it to the user."""
     from model.backends.base import BackendError
+    from training.hotswap import adapter_loader
     from training.registry import RegistryError, registry_for
 
+    loadable = adapter_loader(config)
     try:
         if Path(choice).is_file():
-            analyzer.backend.set_adapter(choice)
+            analyzer.backend.set_adapter(loadable(Path(choice)))
         elif choice != "current":
             chosen = registry_for(config).resolve(choice)
-            analyzer.backend.set_adapter(str(chosen.path) if chosen else None)
+            analyzer.backend.set_adapter(loadable(chosen.path) if chosen else None)
     except (RegistryError, BackendError) as exc:
         raise fail(f"--adapter {choice}: {exc}") from None
     return analyzer.backend.adapter or "none (base model)"

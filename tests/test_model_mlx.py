@@ -1,18 +1,27 @@
 """The mlx backend with a stand-in `mlx_lm` module (MLX runs on Apple Silicon only); prompt building, parsing and
 probability capture around it are the real code."""
 
+import json
 import math
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from model.analyzer import Analyzer
 from model.backends.base import BackendError, load_backend
+from model.embedded import embedded_model_path
 from model.prompt import INSTRUCTION
 from model.settings import ModelSettings
+from monitor.config import Config, TrainingSettings
+from training.adapter_file import read_adapter_gguf
+from training.convert import hf_base_dir
+from training.hotswap import adapter_loader, adapter_watch
+from training.registry import BUNDLED_ADAPTER, registry_for
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -148,3 +157,51 @@ def test_missing_mlx_lm_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlx_lm", None)  # what an import on Linux amounts to
     with pytest.raises(BackendError, match="runs on Apple Silicon only"):
         load_backend(settings())
+
+
+def test_the_embedded_model_runs_from_its_conversion_on_the_registrys_adapter_in_mlx_format(fake_mlx, tmp_path):
+    config = Config(model=ModelSettings(backend="mlx"), training=TrainingSettings(adapters_dir=tmp_path / "adapters"))
+    analyzer = Analyzer.from_settings(config.model)
+    base = str(hf_base_dir(embedded_model_path(), progress=False))  # what the LoRA trainers start from
+    assert fake_mlx.loads == [(base, None)] and analyzer.backend.model_id == "embedded"
+
+    watch = adapter_watch(config, analyzer)
+    watch()  # no `current` pointer yet: the bundled default adapter, converted for mlx-lm
+    copy = Path(analyzer.backend.adapter)
+    assert copy.parent == tmp_path / "adapters" / "mlx" and fake_mlx.loads[-1] == (base, str(copy))
+    bundled = read_adapter_gguf(BUNDLED_ADAPTER)
+    rank = bundled.tensors["blk.0.attn_q.weight.lora_a"].shape[0]
+    assert json.loads((copy / "adapter_config.json").read_text()) == {
+        "fine_tune_type": "lora", "num_layers": 18,
+        "lora_parameters": {"rank": rank, "scale": bundled.alpha / rank, "dropout": 0.0, "keys": [
+            "mlp.down_proj", "mlp.gate_proj", "mlp.up_proj",
+            "self_attn.k_proj", "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]},
+    }  # fmt: skip
+    weights = load_file(copy / "adapters.safetensors")
+    assert len(weights) == len(bundled.tensors) == 18 * 7 * 2
+    np.testing.assert_array_equal(  # mlx-lm's x·lora_a·lora_b is llama.cpp's B·A·x transposed
+        weights["model.layers.17.mlp.down_proj.lora_b"], bundled.tensors["blk.17.ffn_down.weight.lora_b"].T
+    )
+
+    registry_for(config).rollback("base")
+    watch()
+    assert analyzer.backend.adapter is None and fake_mlx.loads[-1] == (base, None)
+    registry_for(config).rollback("bundled")
+    watch()
+    assert analyzer.backend.adapter == str(copy) and len(list(copy.parent.iterdir())) == 1  # converted once
+    assert adapter_loader(config)(BUNDLED_ADAPTER) == str(copy)  # what `sentimon eval --adapter bundled` loads
+
+
+def test_an_mlx_model_keeps_its_own_adapter_and_cannot_be_trained_for(fake_mlx, tmp_path):
+    from training.stack import untrainable_model
+
+    config = Config(model=settings(), training=TrainingSettings(adapters_dir=tmp_path / "adapters"))
+    assert adapter_watch(config, Analyzer.from_settings(config.model)) is None
+    assert "training starts from a GGUF base model" in untrainable_model(config.model)
+    assert untrainable_model(ModelSettings(backend="mlx", model="/models/gemma.gguf")) is None
+
+
+def test_a_gguf_model_without_the_training_extras_names_them(fake_mlx, monkeypatch):
+    monkeypatch.setattr("training.stack.TRAINING_PACKAGES", ("torch", "no_such_package"))
+    with pytest.raises(BackendError, match=r"conversion that needs the training extras \(pip install 'sentimon\[train"):
+        load_backend(ModelSettings(backend="mlx"))

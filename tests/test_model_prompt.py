@@ -80,8 +80,6 @@ def test_json_schema_matches_the_model():
 def test_settings_reject_unknown_keys_and_impossible_combinations():
     with pytest.raises(ValidationError, match="extra"):
         ModelSettings(thread=4)
-    with pytest.raises(ValidationError, match="embedded model is a GGUF file"):
-        ModelSettings(backend="mlx")
     with pytest.raises(ValidationError, match="cannot load adapter files"):
         ModelSettings(backend="openai", adapter="lora.gguf")
     with pytest.raises(ValidationError, match="leave no room"):

@@ -199,7 +199,7 @@ def test_schedule_is_a_single_instance_cron_job() -> None:
 
 
 def test_refresh_refuses_what_it_cannot_train(tmp_path: Path) -> None:
-    with pytest.raises(RefreshError, match='backend "llama_cpp"'):
+    with pytest.raises(RefreshError, match=r'training starts from a GGUF base model, .* \(backend "openai"\)'):
         refresh(Config(model=ModelSettings(backend="openai")))
     with pytest.raises(RefreshError, match=r"training.lora in the configuration: rank: Input should be greater"):
         refresh(config_for(tmp_path).model_copy(update={"training": TrainingSettings(lora={"rank": 0})}))

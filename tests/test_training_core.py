@@ -22,10 +22,12 @@ from safetensors.torch import load_file
 from model.embedded import embedded_model_path
 from model.prompt import INSTRUCTION, format_training_example
 from model.schema import EntityMention, serialize_mentions
+from training.adapter_file import AdapterFileError, tensor_names
 from training.attention import use_packed_attention
 from training.convert import ConversionError, hf_base_dir, load_base_model, load_tokenizer
-from training.export import ExportError, check_export, export_gguf_adapter, tensor_names
+from training.export import ExportError, check_export, export_gguf_adapter
 from training.lora import CHECKPOINT_FILE, TrainingError, TrainSettings, completion_loss, lora_model, main, train_lora
+from training.mlx_adapter import mlx_adapter_copy
 from training.packing import TrainingDataError, TrainingExample, build_pack, encode, plan_batches
 from training.trainers import pick_trainer
 from training.vocab_loss import projected_cross_entropy
@@ -363,9 +365,9 @@ def test_module_names_map_to_llama_cpp_tensor_names() -> None:
     names = tensor_names("gemma3", 18)
     assert names.get_name("model.layers.3.self_attn.q_proj") == "blk.3.attn_q"
     assert names.get_name("model.layers.17.mlp.down_proj") == "blk.17.ffn_down"
-    with pytest.raises(ExportError, match="permutes q/k weights"):
+    with pytest.raises(AdapterFileError, match="permutes q/k weights"):
         tensor_names("llama", 2)
-    with pytest.raises(ExportError, match="does not know architecture 'nonesuch'"):
+    with pytest.raises(AdapterFileError, match="does not know architecture 'nonesuch'"):
         tensor_names("nonesuch", 2)
 
 
@@ -422,6 +424,11 @@ def test_mlx_training_masks_like_torch_and_its_adapter_runs_the_same_in_mlx_and_
 
     adapter = gguf.GGUFReader(export_gguf_adapter(result.adapter_dir, base_gguf, tmp_path / "adapter.gguf"))
     assert len(adapter.tensors) == len(load_file(result.adapter_dir / "adapter_model.safetensors"))
+
+    # and back: the GGUF adapter as backend "mlx" gets a registry version runs as the adapter mlx trained
+    model, _ = load(str(small_gemma), adapter_path=str(mlx_adapter_copy(tmp_path / "adapter.gguf", tmp_path / "mlx")))
+    converted = np.array(model(mx.array([probe]))[0, -12:].astype(mx.float32))
+    assert np.abs(converted - mlx_adapted).max() < 1e-4 * max(1.0, np.abs(mlx_adapted).max())
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="on a Mac, auto may pick mlx-lm")

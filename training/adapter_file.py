@@ -12,6 +12,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+# convert_hf_to_gguf.py's LlamaModel reorders q/k rows for its rotary layout: an adapter's lora_b would need the
+# same permutation, so such architectures are refused.
+_PERMUTED_QK = {"llama"}
+
 
 class AdapterFileError(ValueError):
     """The file is not a llama.cpp LoRA adapter; the message names it."""
@@ -57,6 +61,19 @@ def write_adapter_gguf(out_path: Path, arch: str, alpha: float, tensors: dict[st
     finally:
         partial.unlink(missing_ok=True)
     return out_path
+
+
+def tensor_names(arch: str, blocks: int) -> gguf.TensorNameMap:
+    """Hugging Face module name -> GGUF tensor name for a model of this architecture."""
+    if arch in _PERMUTED_QK:
+        raise AdapterFileError(
+            f"the base model is a {arch} model, whose GGUF permutes q/k weights; adapters can be converted "
+            "for architectures that keep them in Hugging Face order (gemma3, qwen2, ...)"
+        )
+    for arch_id, name in gguf.MODEL_ARCH_NAMES.items():
+        if name == arch:
+            return gguf.get_tensor_name_map(arch_id, blocks)
+    raise AdapterFileError(f"the gguf package does not know architecture {arch!r}")
 
 
 def _scalar(field: gguf.ReaderField) -> str | float | None:

@@ -12,8 +12,6 @@ import contextlib
 import functools
 import io
 import json
-import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from model.embedded import cache_dir, sha256_file
+from training.files import publish_dir
 
 SOURCE_FILE = "source.json"
 
@@ -41,24 +40,13 @@ def hf_base_dir(gguf_path: Path, *, progress: bool = True) -> Path:
     if not gguf_path.is_file():
         raise ConversionError(f"base model {gguf_path} does not exist (expected a .gguf file)")
     digest = sha256_file(gguf_path)
-    target = cache_dir() / f"{gguf_path.stem}.hf-{digest[:16]}"
-    if (target / SOURCE_FILE).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    try:
-        _convert(gguf_path, partial, progress=progress)
-        (partial / SOURCE_FILE).write_text(
-            json.dumps({"gguf": gguf_path.name, "sha256": digest}, indent=2), encoding="utf-8"
-        )
-        try:
-            os.replace(partial, target)
-        except OSError:
-            if not (target / SOURCE_FILE).is_file():  # not a concurrent conversion that finished first
-                raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+
+    def build(folder: Path) -> None:
+        _convert(gguf_path, folder, progress=progress)
+        (folder / SOURCE_FILE).write_text(json.dumps({"gguf": gguf_path.name, "sha256": digest}, indent=2),
+                                          encoding="utf-8")  # fmt: skip
+
+    return publish_dir(cache_dir() / f"{gguf_path.stem}.hf-{digest[:16]}", build, marker=SOURCE_FILE)
 
 
 def load_base_model(hf_dir: Path) -> PreTrainedModel:

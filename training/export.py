@@ -4,8 +4,7 @@ The file follows llama.cpp's convert_lora_to_gguf.py: general.type = "adapter", 
 adapter.lora.alpha, and per adapted weight `<gguf weight name>.lora_a` (peft's lora_A, r x in, ggml
 ne = [in, r]) and `.lora_b` (lora_B, out x r, ne = [r, out]), in float32. llama.cpp computes
 W·x + alpha / r · B·(A·x), peft's own scaling without rsLoRA. Gemma's q/k weights keep Hugging Face's row
-order in GGUF; llama-architecture GGUFs permute them for their rotary layout, so their adapters would need
-lora_b permuted as well and are refused. Norm weights are not adapted.
+order in GGUF (training/adapter_file.py refuses architectures that permute them). Norm weights are not adapted.
 """
 
 from __future__ import annotations
@@ -23,12 +22,11 @@ import torch
 from llama_cpp import Llama
 from safetensors.torch import load_file
 
-from training.adapter_file import write_adapter_gguf
+from training.adapter_file import AdapterFileError, tensor_names, write_adapter_gguf
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
-_PERMUTED_QK = {"llama"}  # convert_hf_to_gguf.py's LlamaModel reorders q/k rows
 
 
 class ExportError(ValueError):
@@ -40,7 +38,10 @@ def export_gguf_adapter(peft_dir: Path, base_gguf: Path, out_path: Path) -> Path
     peft_dir, out_path = Path(peft_dir), Path(out_path)
     config = _adapter_config(peft_dir)
     arch, blocks = _architecture(Path(base_gguf))
-    names = tensor_names(arch, blocks)
+    try:
+        names = tensor_names(arch, blocks)
+    except AdapterFileError as exc:
+        raise ExportError(str(exc)) from None
     weights = load_file(peft_dir / ADAPTER_WEIGHTS)
 
     tensors: dict[str, np.ndarray] = {}
@@ -78,19 +79,6 @@ def _architecture(base_gguf: Path) -> tuple[str, int]:
     llm = _llama(base_gguf, vocab_only=True)
     arch = llm.metadata["general.architecture"]
     return arch, int(llm.metadata[f"{arch}.block_count"])
-
-
-def tensor_names(arch: str, blocks: int) -> gguf.TensorNameMap:
-    """Hugging Face module name -> GGUF tensor name for a model of this architecture."""
-    if arch in _PERMUTED_QK:
-        raise ExportError(
-            f"the base model is a {arch} model, whose GGUF permutes q/k weights; adapters can be exported "
-            "for architectures that keep them in Hugging Face order (gemma3, qwen2, ...)"
-        )
-    for arch_id, name in gguf.MODEL_ARCH_NAMES.items():
-        if name == arch:
-            return gguf.get_tensor_name_map(arch_id, blocks)
-    raise ExportError(f"the gguf package does not know architecture {arch!r}")
 
 
 def _llama(path: Path, **options) -> Llama:

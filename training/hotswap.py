@@ -2,18 +2,20 @@
 
 `AdapterWatcher.check` runs in the model thread just before each analysis: one stat of the registry's `current`
 pointer, and when it changed, `backend.set_adapter` with the new file. An analysis already running finishes on the
-adapter it started with; the next one runs on the new adapter and records it (`analyses.adapter`).
+adapter it started with; the next one runs on the new adapter and records it (`analyses.adapter`). Backend "mlx"
+gets each GGUF adapter as an mlx-lm adapter directory, converted once into the registry's `mlx/` folder.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from model.backends.base import Backend, BackendError
 from monitor.config import Config
-from training.registry import AdapterRegistry, RegistryError, registry_for
+from training.registry import MLX_CACHE, AdapterRegistry, RegistryError, registry_for
 
 if TYPE_CHECKING:
     from model.analyzer import Analyzer
@@ -23,9 +25,10 @@ _UNSEEN = ("unseen",)
 
 
 class AdapterWatcher:
-    def __init__(self, registry: AdapterRegistry, backend: Backend) -> None:
+    def __init__(self, registry: AdapterRegistry, backend: Backend, loadable: Callable[[Path], str]) -> None:
         self.registry = registry
         self.backend = backend
+        self.loadable = loadable  # the registry's adapter file -> what backend.set_adapter takes
         self._stamp: object = _UNSEEN
 
     def check(self) -> None:
@@ -37,7 +40,7 @@ class AdapterWatcher:
                 return
             self._stamp = stamp
             adapter = self.registry.current()
-            path = str(adapter.path) if adapter else None
+            path = self.loadable(adapter.path) if adapter else None
             if path != self.backend.adapter:
                 self.backend.set_adapter(path)
                 log.info("analyzing with %s", f"adapter {adapter.label} ({path})" if adapter else "the base model")
@@ -47,8 +50,27 @@ class AdapterWatcher:
 
 def adapter_watch(config: Config, analyzer: Analyzer | None) -> Callable[[], None] | None:
     """The check to run before each analysis, or None when adapters don't follow the registry: no model, an
-    adapter pinned in the config (model.adapter), or a backend other than llama_cpp (the registry holds GGUF
-    adapters)."""
-    if analyzer is None or config.model.adapter is not None or config.model.backend != "llama_cpp":
+    adapter pinned in the config (model.adapter), or a model that is not the GGUF the registry's adapters are
+    trained on (an MLX repo, an openai server)."""
+    if analyzer is None or config.model.adapter is not None or not config.model.gguf_model:
         return None
-    return AdapterWatcher(registry_for(config), analyzer.backend).check
+    return AdapterWatcher(registry_for(config), analyzer.backend, adapter_loader(config)).check
+
+
+def adapter_loader(config: Config) -> Callable[[Path], str]:
+    """GGUF adapter file -> what the configured backend's `set_adapter` takes: the file itself, or for mlx the
+    folder of its mlx-lm copy in the registry's `mlx/`, converted on first use."""
+    if config.model.backend != "mlx":
+        return str
+    from training.adapter_file import AdapterFileError  # gguf and safetensors: installed with sentimon[mlx]
+    from training.mlx_adapter import mlx_adapter_copy
+
+    cache = registry_for(config).root / MLX_CACHE
+
+    def mlx_copy(adapter_gguf: Path) -> str:
+        try:
+            return str(mlx_adapter_copy(adapter_gguf, cache))
+        except AdapterFileError as exc:
+            raise BackendError(f"cannot convert {adapter_gguf} for mlx-lm: {exc}") from exc
+
+    return mlx_copy

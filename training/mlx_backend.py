@@ -12,7 +12,6 @@ slowly), which is how the tests run it for real.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -30,10 +29,9 @@ from safetensors.torch import load_file, save_file
 from training.convert import load_tokenizer
 from training.export import ADAPTER_WEIGHTS as PEFT_WEIGHTS
 from training.lora import TrainingError, TrainResult, TrainSettings, lora_config, progress_bar
+from training.mlx_adapter import ADAPTER_WEIGHTS, write_mlx_config
 from training.packing import EncodedExample, TrainingExample, as_example, encode
 
-ADAPTER_WEIGHTS = "adapters.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 MLX_DIR = "mlx"
 PEFT_DIR = "peft"
 _PAD_TO = 32
@@ -71,11 +69,7 @@ def train_lora_mlx(
     linear_to_lora_layers(model, len(model.layers), lora_parameters)
 
     mlx_dir = Path(out_dir) / MLX_DIR
-    mlx_dir.mkdir(parents=True, exist_ok=True)
-    (mlx_dir / ADAPTER_CONFIG).write_text(
-        json.dumps({"fine_tune_type": "lora", "num_layers": len(model.layers), "lora_parameters": lora_parameters}),
-        encoding="utf-8",
-    )
+    write_mlx_config(mlx_dir, len(model.layers), lora_parameters)
     warmup = math.ceil(settings.warmup_ratio * iterations)
     schedule = optim.join_schedules(
         [

@@ -45,6 +45,7 @@ from rich.progress import MofNCompleteColumn, Progress
 from model.analyzer import Analyzer
 from model.embedded import resolve_model_path, sha256_file
 from model.evaluate import EvalRecord, evaluate, load_records
+from model.settings import ModelSettings
 from monitor.config import Config, ConfigError, load_config
 from storage import reviews
 from storage.db import Database
@@ -58,6 +59,7 @@ from training.registry import (
 )  # fmt: skip
 from training.review import ensure_schema
 from training.score_cache import cached_scores, score_key
+from training.stack import untrainable_model
 from training.trainers import run_trainer
 
 log = logging.getLogger("sentimon.training")
@@ -95,11 +97,16 @@ class RefreshOutcome:
         return dataclasses.asdict(self)
 
 
+def scoring_analyzer(settings: ModelSettings) -> Analyzer:
+    """The base GGUF in llama.cpp, whichever backend the daemon runs: the registry's adapters are GGUF files, and
+    promotion compares them as llama.cpp runs them."""
+    return Analyzer.from_settings(settings.model_copy(update={"adapter": None, "backend": "llama_cpp"}))
+
+
 def refresh(config: Config, options: RefreshOptions = RefreshOptions()) -> RefreshOutcome:
     """Run the whole job in this process, which it makes lower-priority for good (os.nice)."""
-    if config.model.backend != "llama_cpp":
-        raise RefreshError(f'training makes GGUF adapters for backend "llama_cpp", but model.backend is '
-                           f'"{config.model.backend}"')  # fmt: skip
+    if problem := untrainable_model(config.model):
+        raise RefreshError(problem)
     settings = train_settings(config, options)
     registry = registry_for(config)
     with _only_training(registry.root, config.training.nice):
@@ -112,7 +119,7 @@ def _refresh(
     sources = DataSources.in_folder(config.training.datasets_dir)
     base = resolve_model_path(config.model)
     base_sha = sha256_file(base)
-    analyzer = Analyzer.from_settings(config.model.model_copy(update={"adapter": None}))
+    analyzer = scoring_analyzer(config.model)
     data = training_data(config, analyzer, sources)
     log.info("training data %s: %s examples, %s left out", data.data_hash[:12], data.counts(), data.dropped or "none")
     done = _trained_before(registry, data.data_hash, base_sha, settings)
@@ -141,6 +148,8 @@ def merge(
     """Average adapters (registry versions, "bundled", or adapter files of the same base model) into a new version
     (training/merge.py; at most `rank` wide if given), then score it and promote it if it wins, as a trained
     candidate would be."""
+    if problem := untrainable_model(config.model):
+        raise RefreshError(problem)
     registry = registry_for(config)
     base = resolve_model_path(config.model)
     base_sha = sha256_file(base)
@@ -162,7 +171,7 @@ def merge(
             merged_from=[source if known else str(path) for source, (path, known) in zip(sources, parts)],
         )  # fmt: skip
         registry.save(manifest)
-        analyzer = Analyzer.from_settings(config.model.model_copy(update={"adapter": None}))
+        analyzer = scoring_analyzer(config.model)
         sources_dir = DataSources.in_folder(config.training.datasets_dir)
         return _decide(registry, manifest, analyzer, (), config, options, sources_dir)
 

@@ -5,6 +5,7 @@
         v001/manifest.json    version, data hash, base model, train settings, dev-set metrics, decision, dates
         v002/...
         current               the label in use: "v002", "bundled" or "base"; replaced atomically
+        mlx/<sha256[:16]>/    an adapter in mlx-lm's format, converted for backend "mlx" (training/hotswap.py)
 
 Without a `current` file the bundled default adapter shipped with sentimon is in use (the base model when there is
 none). The daemon stats `current` between two articles and switches adapters when it changes (training/hotswap.py).
@@ -29,6 +30,7 @@ from training.files import write_atomically
 ADAPTER_FILE = "adapter.gguf"
 MANIFEST_FILE = "manifest.json"
 POINTER_FILE = "current"
+MLX_CACHE = "mlx"
 BUNDLED = "bundled"
 BASE = "base"
 # The default adapter shipped with sentimon, in use while the registry has no `current` pointer.

@@ -22,7 +22,7 @@ from monitor.polling import quiet_at_shutdown
 from storage import reviews
 from storage.writer import StoreWriter
 from training.registry import registry_for
-from training.stack import training_stack_problem
+from training.stack import training_stack_problem, untrainable_model
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "refresh-config.json"  # the daemon's effective configuration, for the child process
@@ -30,10 +30,7 @@ CONFIG_FILE = "refresh-config.json"  # the daemon's effective configuration, for
 
 def schedule_training(scheduler: BaseScheduler, config: Config, writer: StoreWriter) -> None:
     settings = config.training
-    if config.model.backend != "llama_cpp":
-        log.warning('training.enabled, but training makes adapters for backend "llama_cpp" only: not scheduled')
-        return
-    if problem := training_stack_problem():
+    if problem := untrainable_model(config.model) or training_stack_problem():
         log.warning("training.enabled, but %s: not scheduled", problem)
         return
     scheduler.add_job(

@@ -3,6 +3,9 @@
 Greedy decoding with `mlx_lm.stream_generate`, whose per-step log-probabilities over the vocabulary give the
 polarity probabilities. mlx-lm has no grammar-constrained decoding: output that breaks the schema is caught by
 validation (and retried once by the Analyzer). Calls are serialized with a lock.
+
+A GGUF model (the embedded default, a .gguf path) runs from its Hugging Face conversion (training/convert.py,
+made once and cached; the LoRA trainers start from the same one), so the registry's adapters fit it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 
 from model.backends.base import BackendError, Generation
 from model.backends.polarity import PolarityTracker, top_ids
+from model.embedded import resolve_model_path
 from model.prompt import ChatTemplate, Prompt
 from model.settings import ModelSettings
 
@@ -29,6 +33,7 @@ class MlxBackend:
             ) from None
         self._mlx_lm = mlx_lm
         self._settings = settings
+        self._model_path = _mlx_model_path(settings)
         self.model_id = settings.model
         self._lock = threading.Lock()
         self._model, self._tokenizer = self._load(settings.adapter)
@@ -52,7 +57,7 @@ class MlxBackend:
 
     def _load(self, adapter: str | None) -> tuple[Any, Any]:
         try:
-            return self._mlx_lm.load(self._settings.model, adapter_path=adapter)
+            return self._mlx_lm.load(self._model_path, adapter_path=adapter)
         except Exception as exc:  # mlx-lm and huggingface_hub raise many types for a model they can't load
             what = f"adapter {adapter} for {self._settings.model}" if adapter else self._settings.model
             raise BackendError(f"mlx-lm cannot load {what}: {exc}") from exc
@@ -85,3 +90,17 @@ class MlxBackend:
     def _alternatives(self, logprobs: Any, chosen: int) -> list[tuple[str, float]]:
         scores = np.array(logprobs.tolist(), dtype=np.float32)  # tolist: works for bfloat16 arrays too
         return [(self._tokenizer.decode([int(i)]), float(scores[i])) for i in top_ids(scores, chosen)]
+
+
+def _mlx_model_path(settings: ModelSettings) -> str:
+    """What mlx-lm loads for `settings.model`: an MLX directory or repo id as it is, a GGUF's conversion."""
+    if not settings.gguf_model:
+        return settings.model
+    from training.stack import INSTALL_HINT, training_stack_problem
+
+    if training_stack_problem():
+        raise BackendError(f'backend "mlx" runs the GGUF model {settings.model!r} from a one-time conversion that '
+                           f"needs the training extras ({INSTALL_HINT}), or set model to an MLX model")  # fmt: skip
+    from training.convert import hf_base_dir
+
+    return str(hf_base_dir(resolve_model_path(settings)))
