@@ -163,7 +163,7 @@ def test_the_embedded_model_runs_from_its_conversion_on_the_registrys_adapter_in
     config = Config(model=ModelSettings(backend="mlx"), training=TrainingSettings(adapters_dir=tmp_path / "adapters"))
     analyzer = Analyzer.from_settings(config.model)
     base = str(hf_base_dir(embedded_model_path(), progress=False))  # what the LoRA trainers start from
-    assert fake_mlx.loads == [(base, None)] and analyzer.backend.model_id == "embedded"
+    assert fake_mlx.loads == [(base, None)] and analyzer.backend.model_id == "mlx:embedded:gemma-3-270m-q4_k_m"
 
     watch = adapter_watch(config, analyzer)
     watch()  # no `current` pointer yet: the bundled default adapter, converted for mlx-lm

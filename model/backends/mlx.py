@@ -20,7 +20,7 @@ from model.backends.base import BackendError, Generation
 from model.backends.polarity import PolarityTracker, top_ids
 from model.embedded import resolve_model_path
 from model.prompt import ChatTemplate, Prompt
-from model.settings import ModelSettings
+from model.settings import EMBEDDED, ModelSettings
 
 
 class MlxBackend:
@@ -33,8 +33,7 @@ class MlxBackend:
             ) from None
         self._mlx_lm = mlx_lm
         self._settings = settings
-        self._model_path = _mlx_model_path(settings)
-        self.model_id = settings.model
+        self._model_path, self.model_id = _mlx_model(settings)
         self._lock = threading.Lock()
         self._model, self._tokenizer = self._load(settings.adapter)
         self.adapter = settings.adapter
@@ -92,10 +91,11 @@ class MlxBackend:
         return [(self._tokenizer.decode([int(i)]), float(scores[i])) for i in top_ids(scores, chosen)]
 
 
-def _mlx_model_path(settings: ModelSettings) -> str:
-    """What mlx-lm loads for `settings.model`: an MLX directory or repo id as it is, a GGUF's conversion."""
+def _mlx_model(settings: ModelSettings) -> tuple[str, str]:
+    """What mlx-lm loads for `settings.model` (an MLX folder or repo id as it is, a GGUF's conversion), and the
+    model name analyses record."""
     if not settings.gguf_model:
-        return settings.model
+        return settings.model, settings.model
     from training.stack import INSTALL_HINT, training_stack_problem
 
     if training_stack_problem():
@@ -103,4 +103,5 @@ def _mlx_model_path(settings: ModelSettings) -> str:
                            f"needs the training extras ({INSTALL_HINT}), or set model to an MLX model")  # fmt: skip
     from training.convert import hf_base_dir
 
-    return str(hf_base_dir(resolve_model_path(settings)))
+    gguf = resolve_model_path(settings)
+    return str(hf_base_dir(gguf)), f"mlx:{EMBEDDED}:{gguf.stem}" if settings.model == EMBEDDED else f"mlx:{gguf}"
