@@ -28,6 +28,8 @@ ENV_PREFIX = "SENTIMON_"
 CONFIG_ENV = "SENTIMON_CONFIG"
 NOT_CONFIG_KEYS = {CONFIG_ENV, "SENTIMON_CACHE"}  # variables of ours that name no config key
 DEFAULT_CONFIG_FILE = Path("sentimon.toml")
+# LoRA trainers `sentimon train` can run (training/trainers.py picks one for "auto").
+Trainer = Literal["auto", "torch", "mlx"]
 YAHOO_FEED_URL = "https://feeds.finance.yahoo.com/rss/2.0/headline?s={symbols}&region=US&lang=en-US"
 
 
@@ -142,7 +144,7 @@ class TrainingSettings(BaseModel):
         None, description="Folder with train/team.jsonl, finentity/train.jsonl, dev.jsonl; default: the bundled one."
     )
     nice: int = Field(10, ge=0, le=19, description="Niceness of the training process, so ingestion keeps its CPU.")
-    trainer: Literal["auto", "torch", "mlx"] = Field(
+    trainer: Trainer = Field(
         "auto", description="LoRA trainer: auto = mlx-lm on Apple Silicon (if installed), torch + peft elsewhere."
     )
     eval_limit: int | None = Field(

@@ -13,12 +13,10 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
+from monitor.config import Trainer
 from training.convert import hf_base_dir
 from training.lora import TrainingError, TrainResult, TrainSettings, train_lora
 from training.packing import TrainingExample
-
-Trainer = Literal["auto", "torch", "mlx"]
-
 
 def pick_trainer(choice: Trainer) -> Literal["torch", "mlx"]:
     has_mlx = find_spec("mlx_lm") is not None
