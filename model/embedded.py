@@ -49,6 +49,11 @@ def resolve_model_path(settings: ModelSettings) -> Path:
     raise ModelUnavailableError(f"model file {path} does not exist")
 
 
+def gguf_model_name(settings: ModelSettings, gguf: Path) -> str:
+    """How analyses name the GGUF model `settings.model` resolved to: "embedded:<file stem>", else as configured."""
+    return f"{EMBEDDED}:{gguf.stem}" if settings.model == EMBEDDED else settings.model
+
+
 def embedded_model_path() -> Path:
     """The assembled embedded GGUF, assembling it on first use."""
     try:

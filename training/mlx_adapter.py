@@ -42,8 +42,8 @@ def write_mlx_config(out_dir: Path, num_layers: int, lora_parameters: dict[str, 
 def mlx_adapter_copy(adapter_gguf: Path, cache_root: Path) -> Path:
     """The mlx-lm adapter directory of `adapter_gguf`, converted on first use into cache_root/<its sha256[:16]>
     (a registry version is converted once, whichever label points at it)."""
-    target = Path(cache_root) / sha256_file(Path(adapter_gguf))[:16]
-    return publish_dir(target, lambda folder: write_mlx_adapter(read_adapter_gguf(Path(adapter_gguf)), folder),
+    target = cache_root / sha256_file(adapter_gguf)[:16]
+    return publish_dir(target, lambda folder: write_mlx_adapter(read_adapter_gguf(adapter_gguf), folder),
                        marker=ADAPTER_WEIGHTS)  # fmt: skip
 
 
@@ -52,7 +52,8 @@ def write_mlx_adapter(adapter: AdapterTensors, out_dir: Path) -> Path:
     blocks = [int(m.group(1)) for name in adapter.tensors if (m := _BLOCK.match(name))]
     if not blocks:
         raise AdapterFileError("the adapter adapts no decoder layer (no blk.N tensors)")
-    modules = _modules_by_gguf_name(adapter.arch, 1 + max(blocks))
+    layers = 1 + max(blocks)
+    modules = _modules_by_gguf_name(adapter.arch, layers)
     weights, keys, ranks = {}, set(), set()
     for name, matrix in adapter.tensors.items():
         gguf_name, _, kind = name.rpartition(".weight.lora_")
@@ -67,7 +68,7 @@ def write_mlx_adapter(adapter: AdapterTensors, out_dir: Path) -> Path:
         raise AdapterFileError(f"mlx-lm needs one LoRA rank for every module; the adapter has {sorted(ranks)}")
     rank = ranks.pop()
     lora_parameters = {"rank": rank, "scale": adapter.alpha / rank, "dropout": 0.0, "keys": sorted(keys)}
-    write_mlx_config(out_dir, 1 + max(blocks), lora_parameters)
+    write_mlx_config(out_dir, layers, lora_parameters)
     save_file(weights, str(out_dir / ADAPTER_WEIGHTS))
     return out_dir
 

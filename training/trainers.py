@@ -18,6 +18,7 @@ from training.convert import hf_base_dir
 from training.lora import TrainingError, TrainResult, TrainSettings, train_lora
 from training.packing import TrainingExample
 
+
 def pick_trainer(choice: Trainer) -> Literal["torch", "mlx"]:
     has_mlx = find_spec("mlx_lm") is not None
     if choice == "auto":

@@ -24,16 +24,16 @@ from llama_cpp import Llama, LogitsProcessorList
 from model.backends.base import BackendError, Generation
 from model.backends.grammar import GrammarGate, output_grammar
 from model.backends.llama_decoder import StepDecoder
-from model.embedded import resolve_model_path
+from model.embedded import gguf_model_name, resolve_model_path
 from model.prompt import ChatTemplate, Prompt
-from model.settings import EMBEDDED, ModelSettings
+from model.settings import ModelSettings
 
 
 class LlamaCppBackend:
     def __init__(self, settings: ModelSettings) -> None:
         self._settings = settings
         self.model_path = resolve_model_path(settings)
-        self.model_id = f"{EMBEDDED}:{self.model_path.stem}" if settings.model == EMBEDDED else settings.model
+        self.model_id = gguf_model_name(settings, self.model_path)
         self._lock = threading.Lock()
         self._llm = self._load()
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)

@@ -18,9 +18,9 @@ import numpy as np
 
 from model.backends.base import BackendError, Generation
 from model.backends.polarity import PolarityTracker, top_ids
-from model.embedded import resolve_model_path
+from model.embedded import gguf_model_name, resolve_model_path
 from model.prompt import ChatTemplate, Prompt
-from model.settings import EMBEDDED, ModelSettings
+from model.settings import ModelSettings
 
 
 class MlxBackend:
@@ -104,4 +104,4 @@ def _mlx_model(settings: ModelSettings) -> tuple[str, str]:
     from training.convert import hf_base_dir
 
     gguf = resolve_model_path(settings)
-    return str(hf_base_dir(gguf)), f"mlx:{EMBEDDED}:{gguf.stem}" if settings.model == EMBEDDED else f"mlx:{gguf}"
+    return str(hf_base_dir(gguf)), f"mlx:{gguf_model_name(settings, gguf)}"
