@@ -135,12 +135,12 @@ def run(
     )
 
 
-def load_analyzer(config: Config):
+def load_analyzer(config: Config, adapter: str = "current"):
     """The model, loaded before the daemon starts so that a missing model is a startup error, not a mid-run one."""
     from monitor.analysis import ModelUnavailable, build_analyzer
 
     try:
-        return build_analyzer(config)
+        return build_analyzer(config, adapter)
     except ModelUnavailable as exc:
         raise fail(str(exc)) from None
 
@@ -411,7 +411,8 @@ def evaluate_model(
     output_format: FormatOption = OutputFormat.table,
     adapter: Annotated[
         str,
-        typer.Option(help="current (what the daemon uses), base, bundled, a version (v003) or a GGUF adapter file."),
+        typer.Option(help="current (what the daemon uses), base, bundled, a version (v003), a GGUF adapter file, or "
+                         "with backend mlx an mlx-lm adapter folder."),
     ] = "current",
     predictions: Annotated[
         Path | None, typer.Option(help="Also write each record's gold and predicted entities to this JSONL file.")
@@ -425,8 +426,8 @@ def evaluate_model(
         records = load_records(data)[:limit]
     except (DatasetError, OSError) as exc:
         raise fail(str(exc)) from None
-    analyzer = load_analyzer(config)
-    used = _use_adapter(analyzer, config, adapter)
+    analyzer = load_analyzer(config, adapter)
+    used = analyzer.backend.adapter or "none (base model)"
     with (
         Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=errors) as progress,
         predictions.open("w", encoding="utf-8") if predictions else contextlib.nullcontext() as out,
@@ -449,24 +450,6 @@ def _prediction_line(record, result) -> str:
             for e in result.entities]  # fmt: skip
     return json.dumps({"id": record.id, "text": record.text, "gold": gold, "predicted": said, "ok": result.ok,
                        "error": result.error}, ensure_ascii=False) + "\n"  # fmt: skip
-
-
-def _use_adapter(analyzer, config: Config, choice: str) -> str:
-    """Put the chosen adapter on the loaded model; returns how to name it to the user."""
-    from model.backends.base import BackendError
-    from training.hotswap import adapter_loader
-    from training.registry import RegistryError, registry_for
-
-    loadable = adapter_loader(config)
-    try:
-        if Path(choice).is_file():
-            analyzer.backend.set_adapter(loadable(Path(choice)))
-        elif choice != "current":
-            chosen = registry_for(config).resolve(choice)
-            analyzer.backend.set_adapter(loadable(chosen.path) if chosen else None)
-    except (RegistryError, BackendError) as exc:
-        raise fail(f"--adapter {choice}: {exc}") from None
-    return analyzer.backend.adapter or "none (base model)"
 
 
 def _when(value) -> str:

@@ -2,6 +2,7 @@
 probability capture around it are the real code."""
 
 import json
+import logging
 import math
 import sys
 import types
@@ -11,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from typer.testing import CliRunner
 
 from model.analyzer import Analyzer
 from model.backends.base import BackendError, load_backend
 from model.embedded import embedded_model_path
 from model.prompt import INSTRUCTION
 from model.settings import ModelSettings
+from monitor.analysis import build_analyzer
+from monitor.cli import app
 from monitor.config import Config, TrainingSettings
 from training.adapter_file import read_adapter_gguf
 from training.convert import hf_base_dir
@@ -190,6 +194,41 @@ def test_the_embedded_model_runs_from_its_conversion_on_the_registrys_adapter_in
     watch()
     assert analyzer.backend.adapter == str(copy) and len(list(copy.parent.iterdir())) == 1  # converted once
     assert adapter_loader(config)(BUNDLED_ADAPTER) == str(copy)  # what `sentimon eval --adapter bundled` loads
+
+
+def test_the_daemon_loads_the_embedded_model_once_on_the_registrys_adapter(fake_mlx, tmp_path, caplog):
+    """mlx-lm applies an adapter at load time: starting bare and switching would load the model twice."""
+    config = Config(model=ModelSettings(backend="mlx"), training=TrainingSettings(adapters_dir=tmp_path / "adapters"))
+    with caplog.at_level(logging.INFO, logger="training.hotswap"):
+        analyzer = build_analyzer(config)
+    base = str(hf_base_dir(embedded_model_path(), progress=False))
+    copy = adapter_loader(config)(BUNDLED_ADAPTER)
+    assert fake_mlx.loads == [(base, copy)] and analyzer.backend.adapter == copy
+    assert f"analyzing with adapter bundled ({copy})" in caplog.text
+    adapter_watch(config, analyzer)()  # the daemon's check before its first article: already on it
+    assert fake_mlx.loads == [(base, copy)]
+
+
+def test_eval_runs_an_mlx_adapter_folder_and_a_folder_is_refused_for_llama_cpp(fake_mlx, tmp_path):
+    folder = tmp_path / "my-adapter"
+    folder.mkdir()
+    data = tmp_path / "one.jsonl"
+    gold = [{"entity": "Boeing", "polarity": "-", "category": "Legal"}]
+    data.write_text(json.dumps({"id": "b1", "text": "Boeing is sued over the door plug.", "extractions": gold}) + "\n")
+    runs = {}
+    for backend, model in (("mlx", "mlx-community/gemma-3-270m-it-4bit"), ("llama_cpp", "embedded")):
+        config_file = tmp_path / f"{backend}.toml"
+        settings_toml = f'database = "{tmp_path / "s.duckdb"}"\n[model]\nbackend = "{backend}"\nmodel = "{model}"\n'
+        config_file.write_text(settings_toml)
+        runs[backend] = CliRunner().invoke(app, ["eval", "--data", str(data), "--config", str(config_file),
+                                                 "--adapter", str(folder), "--format", "json"])  # fmt: skip
+    assert runs["mlx"].exit_code == 0, runs["mlx"].output
+    report = json.loads(runs["mlx"].stdout)
+    assert report["adapter"] == str(folder) and report["entity_polarity_f1"] == 1.0
+    assert fake_mlx.loads == [("mlx-community/gemma-3-270m-it-4bit", str(folder))]  # loaded once, on the folder
+    assert runs["llama_cpp"].exit_code != 0
+    assert f"--adapter {folder}: {folder} is a folder; backend llama_cpp loads a GGUF adapter file" in " ".join(
+        runs["llama_cpp"].output.split())
 
 
 def test_an_mlx_model_keeps_its_own_adapter_and_cannot_be_trained_for(fake_mlx, tmp_path):

@@ -240,3 +240,5 @@ def test_adapter_files_are_refused():
     with pytest.raises(BackendError, match="cannot load adapter files"):
         backend.set_adapter("lora.gguf")
     assert backend.adapter is None
+    with pytest.raises(BackendError, match="cannot load adapter files"):  # `sentimon eval --adapter v003` with it
+        OpenAIBackend(ModelSettings(backend="openai").model_copy(update={"adapter": "lora.gguf"}))

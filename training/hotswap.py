@@ -4,6 +4,7 @@
 pointer, and when it changed, `backend.set_adapter` with the new file. An analysis already running finishes on the
 adapter it started with; the next one runs on the new adapter and records it (`analyses.adapter`). Backend "mlx"
 gets each GGUF adapter as an mlx-lm adapter directory, converted once into the registry's `mlx/` folder.
+`starting_adapter` is what the model is loaded with in the first place, so that it is loaded once.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import TYPE_CHECKING
 
 from model.backends.base import Backend, BackendError
 from monitor.config import Config
-from training.registry import MLX_CACHE, AdapterRegistry, RegistryError, registry_for
+from training.registry import MLX_CACHE, Adapter, AdapterRegistry, RegistryError, registry_for
 
 if TYPE_CHECKING:
     from model.analyzer import Analyzer
 
 log = logging.getLogger(__name__)
 _UNSEEN = ("unseen",)
+SWITCH_ERRORS = (OSError, RegistryError, BackendError)
+CURRENT = "current"
 
 
 class AdapterWatcher:
@@ -39,12 +42,11 @@ class AdapterWatcher:
             if stamp == self._stamp:
                 return
             self._stamp = stamp
-            adapter = self.registry.current()
-            path = self.loadable(adapter.path) if adapter else None
+            adapter, path = _registry_current(self.registry, self.loadable)
             if path != self.backend.adapter:
                 self.backend.set_adapter(path)
-                log.info("analyzing with %s", f"adapter {adapter.label} ({path})" if adapter else "the base model")
-        except (OSError, RegistryError, BackendError) as exc:  # never a reason to fail the article itself
+                log.info("analyzing with %s", _named(adapter, path))
+        except SWITCH_ERRORS as exc:  # never a reason to fail the article itself
             log.error("keeping adapter %s: cannot switch to the registry's current one: %s", self.backend.adapter, exc)
 
 
@@ -52,9 +54,47 @@ def adapter_watch(config: Config, analyzer: Analyzer | None) -> Callable[[], Non
     """The check to run before each analysis, or None when adapters don't follow the registry: no model, an
     adapter pinned in the config (model.adapter), or a model that is not the GGUF the registry's adapters are
     trained on (an MLX repo, an openai server)."""
-    if analyzer is None or config.model.adapter is not None or not config.model.gguf_model:
+    if analyzer is None or not follows_registry(config):
         return None
     return AdapterWatcher(registry_for(config), analyzer.backend, adapter_loader(config)).check
+
+
+def follows_registry(config: Config) -> bool:
+    return config.model.adapter is None and config.model.gguf_model
+
+
+def starting_adapter(config: Config, choice: str = CURRENT) -> str | None:
+    """What to load the model with (the backend's `adapter` setting; None: the base model) for an adapter choice:
+    "current" (model.adapter if pinned, else the registry's current adapter where the model follows the registry),
+    "base", "bundled", a version (v003), a GGUF adapter file, or for backend mlx an mlx-lm adapter folder.
+    Loading with it from the start spares mlx a second load (mlx-lm applies adapters at load time). Raises
+    OSError, RegistryError or BackendError naming what is wrong."""
+    if choice == CURRENT and not follows_registry(config):
+        return config.model.adapter
+    loadable = adapter_loader(config)
+    if choice == CURRENT:
+        adapter, path = _registry_current(registry_for(config), loadable)
+        log.info("analyzing with %s", _named(adapter, path))
+        return path
+    if Path(choice).is_dir():
+        if config.model.backend != "mlx":
+            raise BackendError(f"{choice} is a folder; backend {config.model.backend} loads a GGUF adapter file")
+        return choice
+    if Path(choice).is_file():
+        return loadable(Path(choice))
+    chosen = registry_for(config).resolve(choice)
+    return loadable(chosen.path) if chosen else None
+
+
+def _registry_current(
+    registry: AdapterRegistry, loadable: Callable[[Path], str]
+) -> tuple[Adapter | None, str | None]:
+    adapter = registry.current()
+    return adapter, loadable(adapter.path) if adapter else None
+
+
+def _named(adapter: Adapter | None, path: str | None) -> str:
+    return f"adapter {adapter.label} ({path})" if adapter else "the base model"
 
 
 def adapter_loader(config: Config) -> Callable[[Path], str]:

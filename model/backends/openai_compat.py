@@ -41,6 +41,7 @@ class OpenAIBackend:
         self.url = self._openai.base_url.rstrip("/") + "/chat/completions"
         self.model_id = f"openai:{self._openai.model}"
         self.adapter: str | None = None
+        self.set_adapter(settings.adapter)
         self._slots = threading.BoundedSemaphore(self._openai.concurrency)
 
     def count_tokens(self, text: str) -> int:
