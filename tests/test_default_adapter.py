@@ -1,6 +1,7 @@
 """The default adapter shipped in model/adapters/: its record, and `sentimon eval` with it against the base model."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from monitor.analysis import build_analyzer
 from monitor.cli import app
 from monitor.config import load_config
 from training.dataset import DataSources
-from training.registry import BUNDLED_ADAPTER, AdapterRegistry
+from training.registry import BUNDLED_ADAPTER, AdapterRegistry, registry_for
 
 DEV_SET = Path(__file__).parents[1] / "datasets" / "dev.jsonl"
 runner = CliRunner(env={"COLUMNS": "250"})
@@ -54,6 +55,18 @@ def test_starting_on_the_bundled_adapter_evaluates_only_its_own_prompt_head(conf
     result = analyzer.analyze("Nvidia shares rise 4% after quarterly revenue tops estimates")
     assert result.ok and result.attempts == 1
     assert backend._prompt_tokens_evaluated() == result.prompt_tokens  # the tuned head and the article, once each
+
+
+def test_a_damaged_registry_starts_the_base_model_and_says_why(config_file: Path, caplog) -> None:
+    config = load_config(config_file)
+    pointer = registry_for(config).pointer
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text("latest", encoding="utf-8")
+    with caplog.at_level(logging.ERROR, logger="monitor.analysis"):
+        analyzer = build_analyzer(config)
+    assert analyzer.backend.adapter is None
+    assert "starting on the base model: cannot load the adapter registry's current adapter" in caplog.text
+    assert "holds 'latest', not a version label" in caplog.text
 
 
 def test_an_article_naming_many_companies_comes_back_whole(config_file: Path) -> None:
