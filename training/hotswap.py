@@ -69,13 +69,13 @@ def starting_adapter(config: Config, choice: str = CURRENT) -> str | None:
     "base", "bundled", a version (v003), a GGUF adapter file, or for backend mlx an mlx-lm adapter folder.
     Loading with it from the start spares mlx a second load (mlx-lm applies adapters at load time). Raises
     OSError, RegistryError or BackendError naming what is wrong."""
-    if choice == CURRENT and not follows_registry(config):
-        return config.model.adapter
-    loadable = adapter_loader(config)
     if choice == CURRENT:
-        adapter, path = _registry_current(registry_for(config), loadable)
+        if not follows_registry(config):
+            return config.model.adapter
+        adapter, path = _registry_current(registry_for(config), adapter_loader(config))
         log.info("analyzing with %s", _named(adapter, path))
         return path
+    loadable = adapter_loader(config)
     if Path(choice).is_dir():
         if config.model.backend != "mlx":
             raise BackendError(f"{choice} is a folder; backend {config.model.backend} loads a GGUF adapter file")
