@@ -148,7 +148,7 @@ def _padded(encoded, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         ids[row, : len(example.tokens)] = torch.tensor(example.tokens)
         mask[row, : len(example.tokens)] = 1
         completion = torch.tensor(example.tokens[example.prompt_len :])
-        completion[~torch.tensor(example.in_loss)] = -100
+        completion[torch.tensor(example.loss_weights) == 0] = -100
         labels[row, example.prompt_len : len(example.tokens)] = completion
     return ids, mask, labels
 

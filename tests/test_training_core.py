@@ -170,6 +170,21 @@ def test_loss_covers_the_completion_only_minus_excluded_spans(tokenizer, short_e
     # Every prediction is made from a position at or after the prompt's last token; prompt tokens are never targets.
     assert pack.predict_at.tolist() == [encoded.prompt_len - 1 + i for i in kept] + [len(encoded.tokens) - 2]
     assert pack.targets.tolist() == [completion["input_ids"][i] for i in kept] + [tokenizer.eos_token_id]
+    assert pack.weights.tolist() == [1.0] * (len(kept) + 1)
+
+
+def test_label_values_weigh_label_weight_and_an_excluded_span_nothing(tokenizer, short_examples) -> None:
+    example = short_examples[0]  # its category value is excluded
+    (encoded,) = encode([example], tokenizer, max_tokens=512, label_weight=4.0)
+    completion_ids = encoded.tokens[encoded.prompt_len :]
+    by_weight: dict[float, str] = {}
+    for token, weight in zip(completion_ids, encoded.loss_weights, strict=True):
+        by_weight[weight] = by_weight.get(weight, "") + tokenizer.decode([token])
+    polarity, category = json.loads(example.completion)[0]["polarity"], json.loads(example.completion)[0]["category"]
+    assert by_weight[4.0].strip(' "') == polarity
+    assert by_weight[0.0].strip(' "') == category
+    assert '"entity"' in by_weight[1.0] and by_weight[1.0].endswith("<eos>")
+    assert build_pack([encoded]).weights.tolist() == [w for w in encoded.loss_weights if w]
 
 
 @pytest.mark.parametrize(
@@ -202,16 +217,16 @@ def test_batches_respect_the_token_budget_and_share_the_prompt_prefix(tokenizer,
     assert plan_batches(encoded, budget, seed=0, epoch=2) != batches
 
 
-def _separate_losses(model, encoded) -> list[tuple[float, int]]:
-    """(summed loss, tokens) of each example run alone through the model's ordinary forward pass."""
+def _separate_losses(model, encoded) -> list[tuple[float, float]]:
+    """(weighted summed loss, summed weights) of each example run alone through the model's ordinary forward pass."""
     results = []
     for example in encoded:
         completion = len(example.tokens) - example.prompt_len
         logits = model(input_ids=torch.tensor([example.tokens]), logits_to_keep=completion + 1).logits[0, :-1]
         targets = torch.tensor(example.tokens[example.prompt_len :])
         losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-        kept = torch.tensor(example.in_loss)
-        results.append((losses[kept].sum().item(), int(kept.sum())))
+        weights = torch.tensor(example.loss_weights)
+        results.append(((losses * weights).sum().item(), weights.sum().item()))
     return results
 
 
@@ -220,7 +235,7 @@ def test_packed_loss_equals_the_examples_run_one_by_one(lora, tokenizer, short_e
     with a sliding window shorter than the shared prefix so that the sliding layers cut into it."""
     instructed = [TrainingExample(f"{INSTRUCTION}\n\n{e.prompt}", e.completion) for e in short_examples[1:3]]
     duplicate = TrainingExample(instructed[0].prompt, serialize_mentions([]))
-    encoded = encode([*instructed, duplicate, short_examples[0]], tokenizer, max_tokens=512)
+    encoded = encode([*instructed, duplicate, short_examples[0]], tokenizer, max_tokens=512, label_weight=3.0)
     window = 24
     attention = [m for m in lora.modules() if getattr(m, "sliding_window", None)]
     config = lora.get_base_model().config
@@ -242,19 +257,21 @@ def test_packed_loss_equals_the_examples_run_one_by_one(lora, tokenizer, short_e
             module.sliding_window = original
 
 
-@pytest.mark.parametrize("softcap", [None, 3.0])
-def test_chunked_vocabulary_loss_matches_plain_cross_entropy(softcap: float | None) -> None:
+@pytest.mark.parametrize(("softcap", "weighted"), [(None, False), (3.0, False), (None, True)])
+def test_chunked_vocabulary_loss_matches_plain_cross_entropy(softcap: float | None, weighted: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(1000, 16, generator=generator)
     targets = torch.randint(0, 1000, (300,), generator=generator)  # more than two chunks, the last one partial
     hidden = torch.randn(300, 16, generator=generator, requires_grad=True)
+    target_weights = torch.rand(300, generator=generator) * 4 + 0.5 if weighted else None
     reference_hidden = hidden.detach().clone().requires_grad_()
     logits = reference_hidden @ weight.T
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    expected = torch.nn.functional.cross_entropy(logits, targets)
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    expected = (losses * target_weights).sum() / target_weights.sum() if weighted else losses.mean()
     (2 * expected).backward()
-    loss = projected_cross_entropy(hidden, weight, targets, softcap)
+    loss = projected_cross_entropy(hidden, weight, targets, softcap, target_weights)
     (2 * loss).backward()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.allclose(hidden.grad, reference_hidden.grad, atol=1e-6)
@@ -398,13 +415,13 @@ def test_mlx_training_masks_like_torch_and_its_adapter_runs_the_same_in_mlx_and_
 
     from training.mlx_backend import MLX_DIR, iterate_batches, train_lora_mlx
 
-    encoded = encode(short_examples, tokenizer, max_tokens=TINY.max_tokens)
+    encoded = encode(short_examples, tokenizer, max_tokens=TINY.max_tokens, label_weight=2.0)
     by_tokens = {e.tokens: e for e in encoded}
     for tokens, weights in iterate_batches(encoded, batch_size=3, max_seq_length=TINY.max_tokens):
         for row, row_weights in zip(np.array(tokens), np.array(weights), strict=True):
             example = by_tokens[tuple(int(t) for t in row[row != 0])]  # no example holds the pad id 0
             expected = np.zeros_like(row_weights)
-            expected[example.prompt_len - 1 : len(example.tokens) - 1] = example.in_loss
+            expected[example.prompt_len - 1 : len(example.tokens) - 1] = example.loss_weights
             assert (row_weights == expected).all()
 
     result = train_lora_mlx(short_examples[1:3], model_path=small_gemma, out_dir=tmp_path, progress=False,

@@ -36,13 +36,12 @@ from model.evaluate import EvalRecord, load_records
 from model.prompt import ChatTemplate, format_training_example
 from model.schema import MAX_MENTIONS, EntityMention
 from storage.reviews import ReviewedExample
-from training.packing import TrainingExample
+from training.packing import TrainingExample, value_spans
 
 DATASETS = Path(__file__).parent / "datasets"  # a link to the repository's datasets/, packaged with training
 PLACEHOLDER_CATEGORY = "Business"  # stands in for FinEntity's missing categories; kept out of the loss
 MIN_OVERLAP_CHARS = 30  # a shorter normalized text inside another is a coincidence ("apple shares rose")
 LeftOut = str  # why a record can't be trained on, counted in TrainingSet.dropped
-_CATEGORY_VALUE = re.compile(r'"category": "([^"]*)"')
 _NOT_WORD = re.compile(r"[\W_]+")
 
 
@@ -167,11 +166,6 @@ def overlaps(key: str, texts: Iterable[str]) -> bool:
     )
 
 
-def category_spans(completion: str) -> tuple[tuple[int, int], ...]:
-    """[start, end) of every category value in a serialized mention list."""
-    return tuple(match.span(1) for match in _CATEGORY_VALUE.finditer(completion))
-
-
 def _from_review(example: ReviewedExample) -> SourceRecord | LeftOut:
     try:
         mentions = tuple(EntityMention.model_validate(item) for item in example.extractions)
@@ -207,4 +201,5 @@ def _example(
         record.text, list(record.mentions), tokenizer_count=count_tokens, max_tokens=max_input_tokens,
         template=template,
     )  # fmt: skip
-    return TrainingExample(prompt, completion, () if record.categories_known else category_spans(completion))
+    unknown_categories = () if record.categories_known else value_spans(completion, ("category",))
+    return TrainingExample(prompt, completion, unknown_categories)

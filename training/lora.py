@@ -10,7 +10,8 @@ training only gets the CPU that ingestion leaves. From a shell or a subprocess:
 JSON. A rerun with the same --out resumes from the last checkpoint.
 
 Each step packs examples into one row around their shared prompt prefix (training/packing.py) and applies
-the 262k-token vocabulary projection only at the positions the loss reads (the completion tokens).
+the 262k-token vocabulary projection only at the positions the loss reads (the completion tokens). The loss is
+their mean, the tokens of each polarity and category value weighted `label_weight` times the others.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ class TrainSettings(BaseModel):
     target_modules: tuple[str, ...] = Field(
         LORA_TARGETS, min_length=1, description="Linear layers that get an adapter: attention q/k/v/o and the MLP."
     )
+    label_weight: float = Field(
+        1.0,
+        gt=0,
+        description="Loss weight of the polarity and category value tokens, against 1 for the rest of the answer.",
+    )
     learning_rate: float = Field(3e-4, gt=0, description="Peak AdamW learning rate.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming the rate up from 0.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the LoRA matrices.")
@@ -90,7 +96,7 @@ class TrainSettings(BaseModel):
 
 # Settings that change what is learned; the others (threads, checkpoints, where to stop) may differ on resume.
 _RUN_DEFINING = {
-    "rank", "alpha", "dropout", "target_modules", "learning_rate", "warmup_ratio", "weight_decay",
+    "rank", "alpha", "dropout", "target_modules", "label_weight", "learning_rate", "warmup_ratio", "weight_decay",
     "max_grad_norm", "epochs", "batch_tokens", "max_tokens", "seed",
 }  # fmt: skip
 
@@ -130,13 +136,15 @@ def train_lora(
     os.nice(settings.nice)
     torch.set_num_threads(settings.threads)
     hf_dir = hf_base_dir(Path(base_gguf), progress=progress)
-    encoded = encode([as_example(item) for item in examples], load_tokenizer(hf_dir), settings.max_tokens)
+    encoded = encode(
+        [as_example(item) for item in examples], load_tokenizer(hf_dir), settings.max_tokens, settings.label_weight
+    )
     plan = [
         (epoch, batch)
         for epoch in range(1, settings.epochs + 1)
         for batch in plan_batches(encoded, settings.batch_tokens, settings.seed, epoch)
     ]
-    fingerprint = _fingerprint(settings, hf_dir, [(e.tokens, e.in_loss) for e in encoded])
+    fingerprint = _fingerprint(settings, hf_dir, [(e.tokens, e.loss_weights) for e in encoded])
 
     torch.manual_seed(settings.seed)
     model = lora_model(load_base_model(hf_dir), settings)
@@ -217,7 +225,7 @@ def lora_config(settings: TrainSettings) -> LoraConfig:
 
 
 def completion_loss(model: torch.nn.Module, pack: Pack) -> torch.Tensor:
-    """Mean cross-entropy of the pack's loss tokens. The decoder runs over the whole row, but the vocabulary
+    """Weighted mean cross-entropy of the pack's loss tokens. The decoder runs over the whole row, but the vocabulary
     projection (262k rows for Gemma) only at the positions that predict a loss token, chunk by chunk."""
     causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
     # No mask per layer type: the decoder builds no (L x L) masks; packed attention makes its own per example.
@@ -234,6 +242,7 @@ def completion_loss(model: torch.nn.Module, pack: Pack) -> torch.Tensor:
         causal_lm.get_output_embeddings().weight,
         pack.targets,
         getattr(causal_lm.config, "final_logit_softcapping", None),
+        pack.weights,
     )
 
 

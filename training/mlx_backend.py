@@ -2,7 +2,8 @@
 
 Import this module only where mlx-lm is installed; it shares the settings and the tokenization of the torch
 trainer, so torch and transformers must be installed as well. The examples are tokenized exactly as for torch
-(training/packing.py) and the loss skips the same tokens: the prompt and the excluded completion spans.
+(training/packing.py) and the loss weighs the same tokens alike: the prompt and the excluded completion spans
+not at all, the label values by `label_weight`.
 mlx-lm's trainer runs the steps with its own batching (length-sorted, padded) and saves `mlx/adapters.safetensors`
 + `mlx/adapter_config.json`, which `mlx_lm.load(model, adapter_path=...)` reads; the same weights are also
 written as a peft adapter (`peft/`), which training/export.py turns into the llama.cpp GGUF adapter. Unlike the
@@ -50,7 +51,9 @@ def train_lora_mlx(
     `peft/` (the result's adapter_dir)."""
     if not examples:
         raise TrainingError("no training examples")
-    encoded = encode([as_example(item) for item in examples], load_tokenizer(model_path), settings.max_tokens)
+    encoded = encode(
+        [as_example(item) for item in examples], load_tokenizer(model_path), settings.max_tokens, settings.label_weight
+    )
     batch_size = max(1, min(len(encoded), settings.batch_tokens // max(len(e.tokens) for e in encoded)))
     per_epoch = math.ceil(len(encoded) / batch_size)
     total = settings.epochs * per_epoch
@@ -146,7 +149,7 @@ def _batch_arrays(examples: Sequence[EncodedExample], max_seq_length: int) -> tu
     weights = np.zeros((len(examples), width - 1), np.float32)  # weights[t] belongs to the target tokens[t + 1]
     for row, example in enumerate(examples):
         tokens[row, : len(example.tokens)] = example.tokens
-        weights[row, example.prompt_len - 1 : len(example.tokens) - 1] = example.in_loss
+        weights[row, example.prompt_len - 1 : len(example.tokens) - 1] = example.loss_weights
     return mx.array(tokens), mx.array(weights)
 
 

@@ -9,11 +9,14 @@ examples' separate losses while the shared prefix is computed once per step inst
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+LABEL_KEYS = ("polarity", "category")  # the output fields that carry the model's judgement
 
 
 class TrainingDataError(ValueError):
@@ -37,7 +40,7 @@ class TrainingExample:
 class EncodedExample:
     tokens: tuple[int, ...]  # BOS + prompt + completion + EOS
     prompt_len: int  # BOS and prompt tokens; the completion starts here
-    in_loss: tuple[bool, ...]  # per completion token (EOS included): does it count in the loss
+    loss_weights: tuple[float, ...]  # per completion token (EOS included): its weight in the loss, 0 = not counted
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Pack:
     segments: tuple[tuple[int, int], ...]  # [start, end) of each example's own tokens in the row
     predict_at: torch.Tensor  # (N,) row positions whose hidden state predicts a loss token
     targets: torch.Tensor  # (N,) the tokens predicted there
+    weights: torch.Tensor  # (N,) each target's weight in the loss
     example_tokens: int  # tokens of the examples counted separately (what an unpacked batch would process)
 
 
@@ -60,20 +64,32 @@ def as_example(item: TrainingExample | Sequence) -> TrainingExample:
     return TrainingExample(prompt, completion, spans)
 
 
+def value_spans(completion: str, keys: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """[start, end) of every string value of these keys in a serialized mention list, in order."""
+    pattern = re.compile(rf'"(?:{"|".join(map(re.escape, keys))})": "([^"]*)"')
+    return tuple(match.span(1) for match in pattern.finditer(completion))
+
+
 def encode(
-    examples: Sequence[TrainingExample], tokenizer: PreTrainedTokenizerBase, max_tokens: int
+    examples: Sequence[TrainingExample], tokenizer: PreTrainedTokenizerBase, max_tokens: int, label_weight: float = 1.0
 ) -> list[EncodedExample]:
-    """Tokenize like llama.cpp at inference: BOS, the prompt, then the completion tokenized on its own, then EOS."""
+    """Tokenize like llama.cpp at inference: BOS, the prompt, then the completion tokenized on its own, then EOS.
+
+    Tokens of a label value (LABEL_KEYS) weigh `label_weight` in the loss, other completion tokens 1 (they are
+    mostly JSON syntax and names copied from the article). Excluded spans weigh 0. docs/benchmarks.md has what a
+    weight above 1 did to the default adapter."""
     encoded = []
     for index, example in enumerate(examples):
         try:
-            encoded.append(_encode_one(example, tokenizer, max_tokens))
+            encoded.append(_encode_one(example, tokenizer, max_tokens, label_weight))
         except TrainingDataError as exc:
             raise TrainingDataError(f"training example {index}: {exc}") from None
     return encoded
 
 
-def _encode_one(example: TrainingExample, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> EncodedExample:
+def _encode_one(
+    example: TrainingExample, tokenizer: PreTrainedTokenizerBase, max_tokens: int, label_weight: float
+) -> EncodedExample:
     if not example.prompt:
         raise TrainingDataError("the prompt is empty")
     if not example.completion:
@@ -86,14 +102,21 @@ def _encode_one(example: TrainingExample, tokenizer: PreTrainedTokenizerBase, ma
             )
     prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
     completion = tokenizer(example.completion, add_special_tokens=False, return_offsets_mapping=True)
-    in_loss = [
-        not any(start < span_end and span_start < end for span_start, span_end in example.exclude_spans)
-        for start, end in completion["offset_mapping"]
-    ]
+    labels = value_spans(example.completion, LABEL_KEYS)
+
+    def weight(start: int, end: int) -> float:
+        if _overlaps_any(start, end, example.exclude_spans):
+            return 0.0
+        return label_weight if _overlaps_any(start, end, labels) else 1.0
+
     tokens = (tokenizer.bos_token_id, *prompt, *completion["input_ids"], tokenizer.eos_token_id)
     if len(tokens) > max_tokens:
         raise TrainingDataError(f"{len(tokens)} tokens, more than max_tokens ({max_tokens})")
-    return EncodedExample(tokens, 1 + len(prompt), (*in_loss, True))
+    return EncodedExample(tokens, 1 + len(prompt), (*(weight(*span) for span in completion["offset_mapping"]), 1.0))
+
+
+def _overlaps_any(start: int, end: int, spans: Sequence[tuple[int, int]]) -> bool:
+    return any(start < span_end and span_start < end for span_start, span_end in spans)
 
 
 def plan_batches(examples: Sequence[EncodedExample], budget: int, seed: int, epoch: int) -> list[list[int]]:
@@ -139,6 +162,7 @@ def build_pack(examples: Sequence[EncodedExample]) -> Pack:
     segments: list[tuple[int, int]] = []
     predict_at: list[int] = []
     targets: list[int] = []
+    weights: list[float] = []
     for example in examples:
         start = len(ids)
         ids.extend(example.tokens[shared:])
@@ -148,11 +172,12 @@ def build_pack(examples: Sequence[EncodedExample]) -> Pack:
         def row_position(token_index: int) -> int:
             return token_index if token_index < shared else start + token_index - shared
 
-        for offset, counted in enumerate(example.in_loss):
-            if counted:
+        for offset, loss_weight in enumerate(example.loss_weights):
+            if loss_weight:
                 target_index = example.prompt_len + offset
                 predict_at.append(row_position(target_index - 1))
                 targets.append(example.tokens[target_index])
+                weights.append(loss_weight)
     return Pack(
         input_ids=torch.tensor([ids]),
         position_ids=torch.tensor([positions]),
@@ -160,5 +185,6 @@ def build_pack(examples: Sequence[EncodedExample]) -> Pack:
         segments=tuple(segments),
         predict_at=torch.tensor(predict_at),
         targets=torch.tensor(targets),
+        weights=torch.tensor(weights),
         example_tokens=sum(len(example.tokens) for example in examples),
     )
