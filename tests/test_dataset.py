@@ -86,8 +86,8 @@ def test_finentity_categories_are_placeholders_kept_out_of_the_loss(sources: Dat
     tokenizer = load_tokenizer(hf_base_dir(embedded_model_path(), progress=False))
     (encoded,) = encode([example], tokenizer, max_tokens=2048)
     completion_ids = encoded.tokens[encoded.prompt_len : -1]
-    skipped = "".join(tokenizer.decode([t]) for t, kept in zip(completion_ids, encoded.loss_weights) if not kept)
-    learned = "".join(tokenizer.decode([t]) for t, kept in zip(completion_ids, encoded.loss_weights) if kept)
+    skipped = "".join(tokenizer.decode([t]) for t, weight in zip(completion_ids, encoded.loss_weights) if not weight)
+    learned = "".join(tokenizer.decode([t]) for t, weight in zip(completion_ids, encoded.loss_weights) if weight)
     assert skipped.replace('"', "").replace(" ", "") == "BusinessBusiness"
     assert '"polarity": "+"' in learned and "Siemens" in learned and "Business" not in learned
 

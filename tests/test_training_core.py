@@ -180,9 +180,9 @@ def test_label_values_weigh_label_weight_and_an_excluded_span_nothing(tokenizer,
     by_weight: dict[float, str] = {}
     for token, weight in zip(completion_ids, encoded.loss_weights, strict=True):
         by_weight[weight] = by_weight.get(weight, "") + tokenizer.decode([token])
-    polarity, category = json.loads(example.completion)[0]["polarity"], json.loads(example.completion)[0]["category"]
-    assert by_weight[4.0].strip(' "') == polarity
-    assert by_weight[0.0].strip(' "') == category
+    (mention,) = json.loads(example.completion)
+    assert by_weight[4.0].strip(' "') == mention["polarity"]
+    assert by_weight[0.0].strip(' "') == mention["category"]
     assert '"entity"' in by_weight[1.0] and by_weight[1.0].endswith("<eos>")
     assert build_pack([encoded]).weights.tolist() == [w for w in encoded.loss_weights if w]
 

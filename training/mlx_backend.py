@@ -156,8 +156,8 @@ def _batch_arrays(examples: Sequence[EncodedExample], max_seq_length: int) -> tu
 def masked_loss(model: nn.Module, tokens: mx.array, weights: mx.array) -> tuple[mx.array, mx.array]:
     logits = model(tokens[:, :-1])
     losses = nn.losses.cross_entropy(logits, tokens[:, 1:]) * weights
-    count = weights.sum()
-    return losses.astype(mx.float32).sum() / count, count
+    # mlx-lm reads the second value as the step's token count (its tokens/s), so it counts tokens, not weight.
+    return losses.astype(mx.float32).sum() / weights.sum(), (weights > 0).sum()
 
 
 class _ProgressReport:

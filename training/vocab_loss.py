@@ -66,5 +66,5 @@ def projected_cross_entropy(
     if weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("projected_cross_entropy computes no gradient for the output projection; freeze it")
     if target_weights is None:
-        target_weights = torch.ones(len(targets))
+        target_weights = torch.ones(len(targets), device=targets.device)
     return _ProjectedCrossEntropy.apply(hidden, weight, targets, softcap, target_weights)
